@@ -1,0 +1,29 @@
+# tileskip — every target bootstraps .venv by itself on a fresh clone.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test sim bench-ptq train clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,synth]'
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m ruff check sw hw tb tests scripts
+	PYTHONWARNINGS=error $(PY) -m pytest -q
+
+sim: $(STAMP)
+	$(VENV)/bin/tileskip run --model demo-mnist --backend golden
+
+bench-ptq: $(STAMP)
+	$(PY) scripts/bench_ptq.py
+
+train: $(STAMP)
+	$(PY) scripts/train_demo.py
+
+clean:
+	rm -rf build .pytest_cache .hypothesis

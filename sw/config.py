@@ -1,0 +1,163 @@
+"""The one configuration object of tileskip.
+
+A handful of base parameters; everything else (widths, depths, tile counts) is derived here and
+nowhere else. The gateware in ``hw/``, the compiler and the runtime all take a :class:`Config`.
+
+The PE array is output-stationary: ``rows`` output channels × ``cols`` neighbouring output pixels
+of one output row per pass. An activation *tile* is ``tile = (channels, rows, pixels)`` of a layer's
+input; the default, one channel × one row × ``cols`` pixels aligned to the input's columns, is the
+granularity at which real feature maps have all-zero tiles (see README, "Why this tile").
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+__all__ = ["Config", "ConfigError", "CONFIGS"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be built or does not fit a program."""
+
+
+def _is_pow2(x):
+    return x > 0 and (x & (x - 1)) == 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Base parameters of one accelerator build.
+
+    Parameters
+    ----------
+    rows : int
+        PE array rows: output channels computed per pass.
+    cols : int
+        PE array columns: neighbouring output pixels per pass (one input tile wide).
+    tile : tuple of (int, int, int)
+        Activation tile as (channels, rows, pixels). The hardware supports ``(1, 1, cols)``;
+        coarser tiles stay expressible in the golden model for comparison.
+    act_words : int
+        Depth of each of the two ping-pong activation buffers, in words of ``cols`` int8 values.
+    act_banks : int
+        Banks per activation buffer (power of two); a slot reads at most this many words at once.
+    weight_words : int
+        Depth of the weight memory, in words of ``rows`` int8 values.
+    max_layers : int
+        Layer descriptors held on chip.
+    max_channels : int
+        Largest channel count (input or output) of a layer.
+    max_width : int
+        Largest feature-map height or width (and vector length ÷ ``cols``) of a layer.
+    max_kernel : int
+        Largest square kernel.
+    max_stride : int
+        Largest stride.
+    out_words : int
+        Output-stage throughput: output words (``cols`` values of one channel) requantized per
+        cycle.
+    """
+
+    rows: int = 16
+    cols: int = 4
+    tile: tuple = (1, 1, 4)
+    act_words: int = 2048
+    act_banks: int = 4
+    weight_words: int = 4096
+    max_layers: int = 16
+    max_channels: int = 256
+    max_width: int = 64
+    max_kernel: int = 3
+    max_stride: int = 2
+    out_words: int = 2
+
+    # Numerics widths; fixed by the numerics contract (sw/numerics.py), kept here so the hardware
+    # derives its port widths from the same object.
+    act_bits: int = 8
+    weight_bits: int = 8
+    acc_bits: int = 32
+    mult_bits: int = 16
+    shift_bits: int = 5
+
+    def __post_init__(self):
+        for name in ("rows", "cols", "act_words", "act_banks", "weight_words", "max_layers",
+                     "max_channels", "max_width", "max_kernel", "max_stride", "out_words"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"Config.{name} must be a positive integer, not {value!r}")
+        tile = tuple(self.tile)
+        if len(tile) != 3 or not all(isinstance(t, int) and t > 0 for t in tile):
+            raise ConfigError(f"Config.tile must be three positive integers "
+                              f"(channels, rows, pixels), not {self.tile!r}")
+        object.__setattr__(self, "tile", tile)
+        if not _is_pow2(self.cols):
+            raise ConfigError(f"Config.cols must be a power of two, not {self.cols}")
+        if not _is_pow2(self.act_banks):
+            raise ConfigError(f"Config.act_banks must be a power of two, not {self.act_banks}")
+        if self.act_words % self.act_banks:
+            raise ConfigError(f"Config.act_words ({self.act_words}) must be a multiple of "
+                              f"act_banks ({self.act_banks})")
+        if self.rows % self.out_words:
+            raise ConfigError(f"Config.rows ({self.rows}) must be a multiple of "
+                              f"out_words ({self.out_words})")
+        if self.out_words > self.act_banks:
+            raise ConfigError(f"Config.out_words ({self.out_words}) cannot exceed "
+                              f"act_banks ({self.act_banks}): one write per bank and cycle")
+        # A strided window of `cols` pixels must fit the banks read in one cycle.
+        span = (self.cols - 1) * self.max_stride + 1
+        if -(-(span - 1) // self.cols) + 1 > self.act_banks:
+            raise ConfigError(f"Config.act_banks ({self.act_banks}) is too few for a window of "
+                              f"{self.cols} pixels at stride {self.max_stride}")
+
+    # -- derived ------------------------------------------------------------------------------
+
+    @property
+    def pes(self):
+        """Number of processing elements (MACs per cycle)."""
+        return self.rows * self.cols
+
+    @property
+    def hw_tile(self):
+        """The tile the hardware implements: one channel × one row × ``cols`` pixels."""
+        return (1, 1, self.cols)
+
+    @property
+    def tile_is_hw(self):
+        return self.tile == self.hw_tile
+
+    @property
+    def max_reduction(self):
+        """Largest reduction length (input channels × kernel area, or FC inputs) accepted."""
+        from .numerics import MAX_REDUCTION
+        return MAX_REDUCTION
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        if "tile" in d:
+            d["tile"] = tuple(d["tile"])
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def key(self):
+        """A stable string that names this configuration (for build caches)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+#: Named configurations. ``default`` is what the simulator and benchmarks use.
+CONFIGS = {
+    "default": Config(),
+    # ECP5-85F (ULX3S): 128 int8 MACs.
+    "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
+    # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
+    "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
+                   weight_words=4096, out_words=1, max_width=32),
+}
