@@ -248,7 +248,7 @@ def compile_model(model, calibration, epsilon=0, config=None):
             if len(shape) != 3 or (shape[0] * shape[1] * shape[2] != mod.in_features):
                 raise CompileError(f"'{path}' expects {mod.in_features} input features, gets "
                                    f"{int(np.prod(shape))} (shape {shape})")
-            if not g["flatten_before"] and shape[:2] != (1, 1):
+            if not g["flatten_before"] and shape[1:] != (1, 1):
                 raise CompileError(f"Linear at '{path}' takes a {shape} feature map without a "
                                    f"flatten before it")
         y = _float_layer(g, w, b, x)
@@ -275,7 +275,7 @@ def compile_model(model, calibration, epsilon=0, config=None):
                           stride=mod.stride[0], padding=mod.padding[0], relu=g["relu"],
                           pool=g["pool"])
         else:
-            out_shape = (1, 1, mod.out_features)
+            out_shape = (mod.out_features, 1, 1)
             layer = Layer(path, "fc", shape, out_shape, wq.astype(np.int8), bq.astype(np.int32),
                           np.array([m for m, _ in mults], dtype=np.int32),
                           np.array([s for _, s in mults], dtype=np.int32),
@@ -287,7 +287,7 @@ def compile_model(model, calibration, epsilon=0, config=None):
         except nx.NumericsError as e:
             raise CompileError(str(e)) from None
         layers.append(layer)
-        x = y if g["kind"] == "conv" else y.reshape(y.shape[0], 1, 1, -1)
+        x = y if g["kind"] == "conv" else y.reshape(y.shape[0], -1, 1, 1)
         shape = out_shape
         in_scale = out_scale
     return Program(config, layers, input_shape, float(input_scale), epsilon)

@@ -43,6 +43,10 @@ class Config:
         Banks per activation buffer (power of two); a slot reads at most this many words at once.
     weight_words : int
         Depth of the weight memory, in words of ``rows`` int8 values.
+    mask_words : int
+        Depth of the weight-skip mask memory (one word per group of slots).
+    param_words : int
+        Depth of the output-parameter memory (one word per group of ``rows`` output channels).
     max_layers : int
         Layer descriptors held on chip.
     max_channels : int
@@ -64,6 +68,8 @@ class Config:
     act_words: int = 2048
     act_banks: int = 4
     weight_words: int = 4096
+    mask_words: int = 1024
+    param_words: int = 64
     max_layers: int = 16
     max_channels: int = 256
     max_width: int = 64
@@ -80,7 +86,8 @@ class Config:
     shift_bits: int = 5
 
     def __post_init__(self):
-        for name in ("rows", "cols", "act_words", "act_banks", "weight_words", "max_layers",
+        for name in ("rows", "cols", "act_words", "act_banks", "weight_words", "mask_words",
+                     "param_words", "max_layers",
                      "max_channels", "max_width", "max_kernel", "max_stride", "out_words"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -120,6 +127,11 @@ class Config:
     def hw_tile(self):
         """The tile the hardware implements: one channel × one row × ``cols`` pixels."""
         return (1, 1, self.cols)
+
+    @property
+    def group_bits(self):
+        """Slots per group: a conv input channel's kernel window, or ``act_banks`` fc words."""
+        return max(self.max_kernel ** 2, self.act_banks)
 
     @property
     def tile_is_hw(self):

@@ -18,9 +18,11 @@ def _tiled_view(layer, x):
 def layer_forward(layer, x, tile, epsilon):
     """One layer on int8 input ``x`` (N, C, H, W). Returns ``(output, input_flags)``.
 
-    The input's flagged tiles (every ``|x| ≤ ε``) are zeroed before the MACs.
+    The input's flagged tiles (every ``|x| ≤ ε``, in the layer's tile, ``tile`` being the
+    configured one) are zeroed before the MACs.
     """
     x = _tiled_view(layer, x)
+    tile = nx.layer_tile(layer.kind, tile)
     flags = nx.tile_flags(x, tile, epsilon)
     x = nx.apply_flags(x, flags, tile)
     if layer.kind == "conv":

@@ -25,8 +25,11 @@ Tiles and ε
 -----------
 Every conv/FC layer's input is split into tiles of ``(channels, rows, pixels)``, aligned to the
 tensor's origin; tiles at the right and bottom edges may be partial; padding is never part of a
-tile. A fully-connected layer's input is tiled in its unflattened ``(C, H, W)`` shape when it
-follows a flatten, otherwise as a ``(1, 1, N)`` row. A tile whose every ``|x| ≤ ε`` (ε an integer
+tile. A conv layer's input is tiled with the configured ``(channels, rows, pixels)`` tile (by
+default one channel × one row × ``cols`` pixels); a fully-connected layer's input, kept in its
+unflattened ``(C, H, W)`` shape (a vector is ``(N, 1, 1)``), with ``(pixels, 1, 1)`` tiles: that
+many channels of one pixel, the order in which the accelerator stores a layer that feeds a fully
+connected one (see :func:`layer_tile`). A tile whose every ``|x| ≤ ε`` (ε an integer
 in quantized units, 0 = exact zeros) is *flagged* and counts as all zeros: it is zeroed before the
 MACs. The final layer's output is not thresholded.
 """
@@ -38,7 +41,8 @@ __all__ = [
     "ACT_MIN", "ACT_MAX", "WEIGHT_MAX", "ACC_MIN", "ACC_MAX", "MULT_MAX", "SHIFT_MAX",
     "MAX_PRODUCT", "MAX_REDUCTION", "NumericsError",
     "quantize", "dequantize", "quantize_multiplier", "requantize", "check_accumulator",
-    "conv2d_acc", "linear_acc", "maxpool2x2", "tile_grid", "tile_flags", "apply_flags",
+    "conv2d_acc", "linear_acc", "maxpool2x2", "layer_tile", "tile_grid", "tile_flags",
+    "apply_flags",
 ]
 
 ACT_MIN, ACT_MAX = -128, 127
@@ -157,6 +161,11 @@ def maxpool2x2(x):
     h2, w2 = h // 2, w // 2
     x = x[:, :, :2 * h2, :2 * w2].reshape(n, c, h2, 2, w2, 2)
     return x.max(axis=(3, 5))
+
+
+def layer_tile(kind, tile):
+    """The tile a layer of ``kind`` ("conv" or "fc") flags its input in, for a configured tile."""
+    return tuple(tile) if kind == "conv" else (tile[2], 1, 1)
 
 
 def tile_grid(shape, tile):

@@ -34,9 +34,9 @@ class Layer:
         ``"conv"`` or ``"fc"``.
     in_shape : tuple of (int, int, int)
         Input as (C, H, W). For ``fc`` this is the unflattened shape the input tiles are taken on
-        (``(1, 1, N)`` when the input is already a vector).
+        (``(N, 1, 1)`` when the input is already a vector).
     out_shape : tuple of (int, int, int)
-        Output after pooling, (C, H, W); ``(1, 1, N)`` for ``fc``.
+        Output after pooling, (C, H, W); ``(N, 1, 1)`` for ``fc``.
     weight : ndarray of int8 values
         ``(Co, Ci, K, K)`` for conv, ``(Out, In)`` for fc (``In`` in flattened C, H, W order).
     bias, mult, shift : ndarray
@@ -90,7 +90,7 @@ class Layer:
             text = (f"conv{self.kernel}x{self.kernel}/s{self.stride}/p{self.padding} "
                     f"{self.in_shape[0]}→{self.out_shape[0]}")
         else:
-            text = f"fc {self.reduction}→{self.out_shape[2]}"
+            text = f"fc {self.reduction}→{self.out_shape[0]}"
         return text + (" relu" if self.relu else "") + (" pool" if self.pool else "")
 
     _ARRAYS = ("weight", "bias", "mult", "shift")

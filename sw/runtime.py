@@ -62,9 +62,7 @@ class _Golden:
 
     def run(self, program, xq, skip):
         raw, flags = golden.forward(program, xq)
-        stats = [schedule.layer_stats(layer, f, program.config, skip=skip)
-                 for layer, f in zip(program.layers, flags)]
-        return raw, stats
+        return raw, schedule.network_stats(program, flags, skip=skip)
 
 
 BACKENDS = {"golden": _Golden}

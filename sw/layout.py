@@ -1,0 +1,339 @@
+"""How a Program lies in the accelerator's memories (see docs/ARCHITECTURE.md).
+
+The descriptor format is written once here, as an ordered field list; the gateware builds its
+``data.StructLayout`` from :func:`descriptor_fields` and the host packs with :func:`pack_fields`.
+Everything that places a value in a memory — activations, flags, weights, weight-skip masks,
+output parameters — is computed here and nowhere else.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ConfigError
+from .numerics import layer_tile, tile_flags
+
+__all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields",
+           "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
+           "element_index", "tile_index", "KIND_CONV", "KIND_FC", "MODE_INT8", "MODE_BINARY"]
+
+KIND_CONV, KIND_FC = 0, 1
+MODE_INT8, MODE_BINARY = 0, 1
+
+
+class LayoutError(ConfigError):
+    """A program that does not fit the accelerator's configuration."""
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _bits(n):
+    """Bits to hold the values 0 … n."""
+    return max(1, int(n).bit_length())
+
+
+def descriptor_fields(config):
+    """Ordered ``(name, bits)`` of one layer descriptor, least significant field first."""
+    ch, wd = _bits(config.max_channels), _bits(config.max_width)
+    act = _bits(config.act_words)
+    wt = _bits(config.weight_words)
+    return [
+        ("kind", 1), ("mode", 2), ("relu", 1), ("pool", 1), ("last", 1), ("out_hwc", 1),
+        ("kernel", _bits(config.max_kernel)), ("stride", _bits(config.max_stride)),
+        ("pad", _bits(config.max_kernel)),
+        ("in_c", ch), ("in_h", wd), ("in_w", wd), ("in_p", wd), ("in_s", act), ("in_words", act),
+        ("out_c", ch), ("conv_h", wd), ("conv_w", wd), ("rows", wd), ("xgs", wd),
+        ("cogs", ch), ("groups", act),
+        ("out_h", wd), ("out_w", wd), ("out_p", wd), ("out_s", act), ("out_q", ch),
+        ("wbase", wt), ("mbase", wt), ("pbase", wt),
+    ]
+
+
+def pack_fields(fields, values):
+    """Pack a dict into an int, fields in order from bit 0; refuses values that do not fit."""
+    word, shift = 0, 0
+    for name, bits in fields:
+        v = int(values[name])
+        if not 0 <= v < (1 << bits):
+            raise LayoutError(f"descriptor field {name}={v} does not fit in {bits} bits")
+        word |= v << shift
+        shift += bits
+    return word
+
+
+def unpack_fields(fields, word):
+    out, shift = {}, 0
+    for name, bits in fields:
+        out[name] = (word >> shift) & ((1 << bits) - 1)
+        shift += bits
+    return out
+
+
+@dataclass
+class LayerPlan:
+    """Where one layer's tensors live and how it is iterated."""
+
+    layer: object
+    index: int
+    desc: dict         # descriptor field values
+    in_words: int      # words of the input tensor's layout (incl. plane padding)
+    out_words: int     # words of the output tensor's layout
+    weight_words: int  # weight words (conv) or rows × C (fc)
+    groups: int        # groups per cog
+    slots_per_block: int
+
+
+def _words(shape, hwc, config):
+    ch, h, w = shape
+    if hwc:
+        return h * w * _cdiv(ch, config.cols)
+    return ch * _round_up(h * _cdiv(w, config.cols), config.act_banks)
+
+
+def _round_up(x, m):
+    return _cdiv(x, m) * m
+
+
+def _check(cond, where, what):
+    if not cond:
+        raise LayoutError(f"layer {where}: {what}")
+
+
+def plan(program):
+    """Plan every layer's descriptor and memory placement; raise :class:`LayoutError` naming the
+    layer and the limit when anything does not fit the configuration."""
+    cfg = program.config
+    R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
+    if not cfg.tile_is_hw:
+        raise LayoutError(f"the hardware implements tiles {cfg.hw_tile}, the program's "
+                          f"configuration has {cfg.tile}")
+    if R % C:
+        raise LayoutError(f"Config.rows ({R}) must be a multiple of Config.cols ({C})")
+    if len(program.layers) > cfg.max_layers:
+        raise LayoutError(f"{len(program.layers)} layers, the accelerator holds "
+                          f"{cfg.max_layers}")
+    plans, wbase, mbase, pbase = [], 0, 0, 0
+    layers = program.layers
+    for i, layer in enumerate(layers):
+        where = f"{i} ('{layer.name}')"
+        _check(layer.mode == "int8", where,
+               f"mode '{layer.mode}' is not supported by this accelerator (int8 only)")
+        last = i == len(layers) - 1
+        out_hwc = last or layers[i + 1].kind == "fc"
+        in_hwc = layer.kind == "fc"
+        ci, hi, wi = layer.in_shape
+        co, ho, wo = layer.conv_shape
+        oc, oh, ow = layer.out_shape
+        for name, v, lim in (("input channels", ci, cfg.max_channels),
+                             ("output channels", co, cfg.max_channels),
+                             ("input height", hi, cfg.max_width),
+                             ("input width", wi, cfg.max_width)):
+            _check(v <= lim, where, f"{name} {v} exceed the accelerator's {lim}")
+        in_words = _words((ci, hi, wi), in_hwc, cfg)
+        out_words = _words((oc, oh, ow), out_hwc, cfg)
+        cogs = _cdiv(co, R)
+        if layer.kind == "conv":
+            k, s, p = layer.kernel, layer.stride, layer.padding
+            _check(k <= cfg.max_kernel, where, f"kernel {k} exceeds the accelerator's "
+                                               f"{cfg.max_kernel}")
+            _check(s <= cfg.max_stride, where, f"stride {s} exceeds the accelerator's "
+                                               f"{cfg.max_stride}")
+            span = (C - 1) * s + k
+            _check(_cdiv(span - 1, C) + 1 <= NB, where,
+                   f"a window of {span} pixels spans more than {NB} words")
+            rows = 2 * (ho // 2) if layer.pool else ho
+            xgs = _cdiv(wo, C)
+            groups = ci
+            slots = ci * k * k
+            wwords = cogs * ci * k * k
+            nw = 0
+        else:
+            k, s, p = 1, 1, 0
+            rows, xgs = 1, 1
+            nw = in_words
+            groups = _cdiv(nw, NB)
+            slots = nw
+            wwords = cogs * nw * C
+            wbase = _round_up(wbase, C)
+        desc = {
+            "kind": KIND_CONV if layer.kind == "conv" else KIND_FC, "mode": MODE_INT8,
+            "relu": int(layer.relu), "pool": int(layer.pool), "last": int(last),
+            "out_hwc": int(out_hwc), "kernel": k, "stride": s, "pad": p,
+            "in_c": ci, "in_h": hi, "in_w": wi, "in_p": _cdiv(wi, C),
+            "in_s": _round_up(hi * _cdiv(wi, C), NB), "in_words": nw,
+            "out_c": co, "conv_h": ho, "conv_w": wo, "rows": rows, "xgs": xgs,
+            "cogs": cogs, "groups": groups,
+            "out_h": oh, "out_w": ow, "out_p": _cdiv(ow, C),
+            "out_s": _round_up(oh * _cdiv(ow, C), NB), "out_q": _cdiv(oc, C),
+            "wbase": wbase, "mbase": mbase, "pbase": pbase,
+        }
+        for what, n in (("input", in_words), ("output", out_words)):
+            _check(n <= cfg.act_words, where, f"the {what} needs {n} activation words, a buffer "
+                                              f"holds {cfg.act_words}")
+        plans.append(LayerPlan(layer, i, desc, in_words, out_words, wwords, groups, slots))
+        wbase += wwords
+        mbase += cogs * groups
+        pbase += cogs
+        for what, used, depth in (("weights", wbase, cfg.weight_words),
+                                  ("weight-skip masks", mbase, cfg.mask_words),
+                                  ("output parameters", pbase, cfg.param_words)):
+            _check(used <= depth, where, f"{what} need {used} words in all, the memory holds "
+                                         f"{depth}")
+    fields = descriptor_fields(cfg)
+    for p in plans:
+        pack_fields(fields, p.desc)   # refuses a value too wide for its field
+    return plans
+
+
+# -- addresses --------------------------------------------------------------------------------
+
+def _phys(a, bank, nb):
+    """Host-visible index of the word with logical address ``a`` lying in ``bank``."""
+    return (a // nb) * nb + bank
+
+
+def element_index(shape, hwc, config):
+    """For every element of a ``(Ch, H, W)`` tensor: (physical word index, lane) arrays."""
+    ch, h, w = shape
+    C, NB = config.cols, config.act_banks
+    c, y, x = np.meshgrid(np.arange(ch), np.arange(h), np.arange(w), indexing="ij")
+    if hwc:
+        q = _cdiv(ch, C)
+        a = (y * w + x) * q + c // C
+        return _phys(a, a % NB, NB), c % C
+    p = _cdiv(w, C)
+    s = _round_up(h * p, NB)
+    a = c * s + y * p + x // C
+    return _phys(a, (a + c) % NB, NB), x % C
+
+
+def tile_index(shape, hwc, config):
+    """Physical word index of every tile, shaped like the tile grid of :func:`tile_flags`."""
+    ch, h, w = shape
+    C, NB = config.cols, config.act_banks
+    if hwc:
+        k, y, x = np.meshgrid(np.arange(_cdiv(ch, C)), np.arange(h), np.arange(w), indexing="ij")
+        a = (y * w + x) * _cdiv(ch, C) + k
+        return _phys(a, a % NB, NB)
+    c, y, xw = np.meshgrid(np.arange(ch), np.arange(h), np.arange(_cdiv(w, C)), indexing="ij")
+    a = c * _round_up(h * _cdiv(w, C), NB) + y * _cdiv(w, C) + xw
+    return _phys(a, (a + c) % NB, NB)
+
+
+# -- memory images ----------------------------------------------------------------------------
+
+@dataclass
+class MemoryImage:
+    """Everything the host writes before a run, except the input activations.
+
+    ``weights`` is (cols, weight_words / cols, rows) int8: bank, in-bank address, lane.
+    ``masks`` and ``params`` are lists of ints (one memory word each), ``descriptors`` likewise.
+    """
+
+    weights: np.ndarray
+    masks: list
+    params: list
+    descriptors: list
+    plans: list
+
+
+#: Bit widths of one output-parameter lane: bias, multiplier, shift (least significant first).
+PARAM_FIELDS = (("bias", 32), ("mult", 16), ("shift", 5))
+PARAM_BITS = sum(b for _, b in PARAM_FIELDS)
+
+
+def _fc_weight_rows(layer, config, nw):
+    """fc weights as (cogs, Nw, C, R): input word, input lane, output lane."""
+    R, C = config.rows, config.cols
+    ci, h, w = layer.in_shape
+    co = layer.weight.shape[0]
+    q = _cdiv(ci, C)
+    wt = layer.weight.reshape(co, ci, h, w)
+    out = np.zeros((_cdiv(co, R) * R, nw, C), dtype=np.int8)
+    word = np.arange(nw)
+    pix, k = word // q, word % q
+    y, x = pix // w, pix % w
+    for j in range(C):
+        c = k * C + j
+        ok = c < ci
+        out[:co, word[ok], j] = wt[:, c[ok], y[ok], x[ok]]
+    return out.reshape(-1, R, nw, C).transpose(0, 2, 3, 1)
+
+
+def pack_program(program):
+    """Weights, weight-skip masks, output parameters and descriptors of ``program``."""
+    cfg = program.config
+    R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
+    plans = plan(program)
+    weights = np.zeros((C, cfg.weight_words // C, R), dtype=np.int8)
+    flat = weights.transpose(1, 0, 2).reshape(-1, R)   # a view: index = addr·C + bank
+    masks = [0] * (plans[-1].desc["mbase"] + plans[-1].desc["cogs"] * plans[-1].groups)
+    params = []
+    for p in plans:
+        layer, d = p.layer, p.desc
+        co = layer.weight.shape[0]
+        cogs = d["cogs"]
+        if layer.kind == "conv":
+            k = layer.kernel
+            w = np.zeros((cogs * R,) + layer.weight.shape[1:], dtype=np.int8)
+            w[:co] = layer.weight
+            # (cog, ci, ky, kx, r): slot-major, lane-minor.
+            w = w.reshape(cogs, R, d["in_c"], k, k).transpose(0, 2, 3, 4, 1)
+            flat[d["wbase"]:d["wbase"] + p.weight_words] = w.reshape(-1, R)
+            zero = ~w.reshape(cogs, d["in_c"], k * k, R).any(axis=3)
+        else:
+            nw = d["in_words"]
+            w = _fc_weight_rows(layer, cfg, nw)
+            row0 = d["wbase"] // C
+            weights[:, row0:row0 + cogs * nw] = w.reshape(cogs * nw, C, R).transpose(1, 0, 2)
+            zero_w = ~w.any(axis=(2, 3))                     # (cogs, nw)
+            pad = p.groups * NB - nw
+            zero = np.pad(zero_w, ((0, 0), (0, pad))).reshape(cogs, p.groups, NB)
+        for cog in range(cogs):
+            for g in range(p.groups):
+                bits = zero[cog, g]
+                masks[d["mbase"] + cog * p.groups + g] = int(
+                    sum(1 << b for b in range(len(bits)) if bits[b]))
+        for cog in range(cogs):
+            word = 0
+            for r in range(R):
+                c = cog * R + r
+                lane = ({"bias": int(layer.bias[c]) & 0xFFFFFFFF, "mult": int(layer.mult[c]),
+                         "shift": int(layer.shift[c])} if c < co else
+                        {"bias": 0, "mult": 0, "shift": 0})
+                word |= pack_fields(PARAM_FIELDS, lane) << (r * PARAM_BITS)
+            params.append(word)
+    fields = descriptor_fields(cfg)
+    descriptors = [pack_fields(fields, p.desc) for p in plans]
+    return MemoryImage(weights, masks, params, descriptors, plans)
+
+
+def pack_input(program, xq):
+    """The network input (N, C, H, W) ints → (words (N, act_words, cols) int8, flags (N,
+    act_words) bool, flagged-tile counts (N,)), physically indexed, flagged tiles zeroed."""
+    cfg = program.config
+    first = program.layers[0]
+    hwc = first.kind == "fc"
+    shape = tuple(first.in_shape)
+    x = np.asarray(xq).reshape((len(xq),) + shape)
+    tile = layer_tile(first.kind, cfg.tile)
+    f = tile_flags(x, tile, program.epsilon)
+    rep = np.repeat(np.repeat(np.repeat(f, tile[0], 1), tile[1], 2), tile[2], 3)
+    x = np.where(rep[:, :shape[0], :shape[1], :shape[2]], 0, x)
+    n = len(x)
+    words = np.zeros((n, cfg.act_words, cfg.cols), dtype=np.int8)
+    idx, lane = element_index(shape, hwc, cfg)
+    words[:, idx, lane] = x
+    flags = np.zeros((n, cfg.act_words), dtype=bool)
+    flags[:, tile_index(shape, hwc, cfg)] = f
+    return words, flags, f.reshape(n, -1).sum(axis=1)
+
+
+def unpack_output(program, words):
+    """The last layer's output words (N, act_words, cols) → raw outputs (N, classes) int64."""
+    last = program.layers[-1]
+    idx, lane = element_index(tuple(last.out_shape), True, program.config)
+    out = np.asarray(words)[:, idx, lane].astype(np.int64)
+    return out.reshape(len(out), -1)   # (C, H, W) order, as PyTorch flattens
