@@ -6,6 +6,7 @@ Everything that places a value in a memory — activations, flags, weights, weig
 output parameters — is computed here and nowhere else.
 """
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,8 @@ from .numerics import layer_tile, tile_flags
 
 __all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields",
            "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
-           "element_index", "tile_index", "KIND_CONV", "KIND_FC", "MODE_INT8", "MODE_BINARY"]
+           "element_index", "tile_index", "Region", "region_map", "COUNTERS", "COUNTER_BITS",
+           "HW_VERSION", "config_words", "run_word", "unpack_status", "KIND_CONV", "KIND_FC", "MODE_INT8", "MODE_BINARY"]
 
 KIND_CONV, KIND_FC = 0, 1
 MODE_INT8, MODE_BINARY = 0, 1
@@ -337,3 +339,77 @@ def unpack_output(program, words):
     idx, lane = element_index(tuple(last.out_shape), True, program.config)
     out = np.asarray(words)[:, idx, lane].astype(np.int64)
     return out.reshape(len(out), -1)   # (C, H, W) order, as PyTorch flattens
+
+
+# -- the device's memory map ------------------------------------------------------------------
+
+#: Version of the gateware's memory map and descriptor format, reported by the device.
+HW_VERSION = 1
+
+
+class Region(enum.IntEnum):
+    """Regions of the device's memory map, as the host bus addresses them."""
+    ACT0 = 0     #: activation buffer A, physical word index
+    ACT1 = 1     #: activation buffer B
+    FLAG0 = 2    #: tile flags of buffer A (1 bit per word)
+    FLAG1 = 3    #: tile flags of buffer B
+    WEIGHT = 4   #: weight memory, index = in-bank address × cols + bank
+    MASK = 5     #: weight-skip masks
+    PARAM = 6    #: output parameters
+    DESC = 7     #: layer descriptors
+    COUNT = 8    #: per-layer counters (read only), index = layer × len(COUNTERS) + counter
+    CTRL = 9     #: 0: run (write) / status (read); 1: HW_VERSION; 2…: config_words (read only)
+
+
+#: Per-layer hardware counters, in their order in the COUNT region.
+COUNTERS = ("busy_cycles", "issue_slots", "issue_slots_skipped", "act_bytes_read",
+            "weight_bytes_read", "out_tiles_flagged")
+COUNTER_BITS = 32
+
+#: Config fields the device reports (CTRL index 2 …), in this order.
+_REPORTED = ("rows", "cols", "act_words", "act_banks", "weight_words", "mask_words",
+             "param_words", "max_layers", "max_channels", "max_width", "max_kernel", "max_stride",
+             "out_words")
+
+
+def config_words(config):
+    """The configuration as the device reports it."""
+    return [getattr(config, f) for f in _REPORTED]
+
+
+def config_from_words(words, tile=None):
+    """Rebuild a Config from the device's report (the tile is the hardware's)."""
+    from .config import Config
+    values = dict(zip(_REPORTED, words))
+    return Config(tile=(1, 1, values["cols"]), **values)
+
+
+def region_map(config):
+    """{Region: (width in bits, depth in words)} of the memory map."""
+    return {
+        Region.ACT0: (config.cols * 8, config.act_words),
+        Region.ACT1: (config.cols * 8, config.act_words),
+        Region.FLAG0: (1, config.act_words),
+        Region.FLAG1: (1, config.act_words),
+        Region.WEIGHT: (config.rows * 8, config.weight_words),
+        Region.MASK: (config.group_bits, config.mask_words),
+        Region.PARAM: (config.rows * PARAM_BITS, config.param_words),
+        Region.DESC: (sum(b for _, b in descriptor_fields(config)), config.max_layers),
+        Region.COUNT: (COUNTER_BITS, config.max_layers * len(COUNTERS)),
+        Region.CTRL: (64, 2 + len(_REPORTED)),
+    }
+
+
+#: The run command (CTRL index 0, written) and the status word (read).
+RUN_FIELDS = (("layers", 8), ("skip", 1), ("epsilon", 8))
+STATUS_FIELDS = (("busy", 1), ("done", 1), ("error", 1), ("reserved", 5), ("cycles", 32))
+
+
+def run_word(layers, skip, epsilon):
+    if not 0 <= epsilon < 256:
+        raise LayoutError(f"epsilon {epsilon} does not fit the device's 8-bit threshold")
+    return pack_fields(RUN_FIELDS, {"layers": layers, "skip": int(skip), "epsilon": epsilon})
+
+
+def unpack_status(word):
+    return unpack_fields(STATUS_FIELDS, word)
