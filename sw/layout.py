@@ -17,7 +17,8 @@ from .numerics import layer_tile, tile_flags
 __all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields",
            "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
            "element_index", "tile_index", "Region", "region_map", "COUNTERS", "COUNTER_BITS",
-           "HW_VERSION", "config_words", "run_word", "unpack_status", "KIND_CONV", "KIND_FC", "MODE_INT8", "MODE_BINARY"]
+           "HW_VERSION", "config_words", "run_word", "unpack_status", "KIND_CONV", "KIND_FC",
+           "MODE_INT8", "MODE_BINARY"]
 
 KIND_CONV, KIND_FC = 0, 1
 MODE_INT8, MODE_BINARY = 0, 1
@@ -270,7 +271,6 @@ def pack_program(program):
     R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
     plans = plan(program)
     weights = np.zeros((C, cfg.weight_words // C, R), dtype=np.int8)
-    flat = weights.transpose(1, 0, 2).reshape(-1, R)   # a view: index = addr·C + bank
     masks = [0] * (plans[-1].desc["mbase"] + plans[-1].desc["cogs"] * plans[-1].groups)
     params = []
     for p in plans:
@@ -283,7 +283,8 @@ def pack_program(program):
             w[:co] = layer.weight
             # (cog, ci, ky, kx, r): slot-major, lane-minor.
             w = w.reshape(cogs, R, d["in_c"], k, k).transpose(0, 2, 3, 4, 1)
-            flat[d["wbase"]:d["wbase"] + p.weight_words] = w.reshape(-1, R)
+            index = d["wbase"] + np.arange(p.weight_words)    # word index → (bank, address)
+            weights[index % C, index // C] = w.reshape(-1, R)
             zero = ~w.reshape(cogs, d["in_c"], k * k, R).any(axis=3)
         else:
             nw = d["in_words"]

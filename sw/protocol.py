@@ -101,13 +101,13 @@ def _frame(code, seq, payload):
 
 
 def command(op, seq, payload=b""):
-    """A command frame, ready for the wire."""
-    return _frame(Op(op), seq, payload)
+    """A command frame, ready for the wire (``op`` may be any byte, to test the device)."""
+    return _frame(int(op), seq, payload)
 
 
 def reply(status, seq, payload=b""):
     """A reply frame (what the device sends; used by tests and the host's self-checks)."""
-    return _frame(Status(status), seq, payload)
+    return _frame(int(status), seq, payload)
 
 
 class Deframer:

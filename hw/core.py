@@ -1,0 +1,381 @@
+"""The accelerator core: memories, the layer sequencer, counters and the host bus.
+
+One run command executes every layer of the program held in the descriptor memory: the
+sequencer loads a layer's descriptor, starts the loader, waits until the last block has been
+written, stores the layer's counters and moves on, the two activation buffers swapping roles.
+The host reaches every memory through a command/response bus (``cmd``/``rsp``) while the core is
+idle; see ``sw/layout.py`` (``Region``, ``region_map``) for the map.
+"""
+
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw import layout
+from sw.layout import COUNTER_BITS, COUNTERS, HW_VERSION, Region
+
+from .loader import Loader
+from .output import OutputStage
+from .pe_array import PEArray
+from .tags import descriptor_layout
+
+__all__ = ["Core", "bus_layouts"]
+
+
+def bus_layouts(config):
+    """(command layout, response layout) of the host bus."""
+    regions = layout.region_map(config)
+    index_bits = max(d for _, d in regions.values()).bit_length()
+    data_bits = max(w for w, _ in regions.values())
+    cmd = data.StructLayout({"write": 1, "region": 4, "index": index_bits,
+                             "data": data_bits})
+    rsp = data.StructLayout({"data": data_bits, "error": 1})
+    return cmd, rsp
+
+
+class _Counter(Elaboratable):
+    """A COUNTER_BITS accumulator cleared by ``clear`` and advanced by ``inc``."""
+
+    def __init__(self):
+        self.clear = Signal()
+        self.inc = Signal(COUNTER_BITS)
+        self.value = Signal(COUNTER_BITS)
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.clear):
+            m.d.sync += self.value.eq(0)
+        with m.Else():
+            m.d.sync += self.value.eq(self.value + self.inc)
+        return m
+
+
+class Core(wiring.Component):
+    """The whole accelerator behind a host bus.
+
+    Parameters
+    ----------
+    config : sw.config.Config
+        Array shape, tile, buffer depths: everything is derived from it.
+
+    Members
+    -------
+    cmd : In(stream.Signature(cmd layout))
+        Host bus commands: write or read one word of a region.
+    rsp : Out(stream.Signature(rsp layout))
+        One response per command: the word read (0 for a write) and an error bit, set for an
+        unknown region, an index out of range, a write to a read-only word, or a memory access
+        while a run is in progress; an erroneous command changes nothing.
+    busy : Out(1)
+        A run is in progress.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        cmd, rsp = bus_layouts(config)
+        super().__init__({
+            "cmd": In(stream.Signature(cmd)),
+            "rsp": Out(stream.Signature(rsp)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
+        K = cfg.max_kernel
+        regions = layout.region_map(cfg)
+        m = Module()
+
+        m.submodules.loader = loader = Loader(cfg)
+        m.submodules.pe_array = pe = PEArray(cfg)
+        m.submodules.output = out = OutputStage(cfg)
+        wiring.connect(m, loader.o, pe.i)
+        wiring.connect(m, pe.o, out.i)
+
+        # -- run state ----------------------------------------------------------------------
+        busy = Signal()
+        done = Signal()
+        error = Signal()
+        run_cycles = Signal(COUNTER_BITS)
+        n_layers = Signal(8)
+        layer = Signal(range(cfg.max_layers + 1))
+        skip = Signal()
+        epsilon = Signal(8)
+        desc = Signal(descriptor_layout(cfg))
+        in_buf = Signal()          # the buffer the current layer reads
+        m.d.comb += [
+            self.busy.eq(busy),
+            loader.desc.eq(desc), loader.skip.eq(skip),
+            out.desc.eq(desc), out.epsilon.eq(epsilon),
+        ]
+
+        # -- memories -----------------------------------------------------------------------
+        def memory(name, width, depth):
+            mem = Memory(shape=unsigned(width), depth=depth, init=[])
+            m.submodules[name] = mem
+            return mem
+
+        act = [[memory(f"act{buf}_{b}", 8 * C, cfg.act_words // NB) for b in range(NB)]
+               for buf in range(2)]
+        flag = [[memory(f"flag{buf}_{b}", 1, cfg.act_words // NB) for b in range(NB)]
+                for buf in range(2)]
+        wgt = [memory(f"wgt_{j}", 8 * R, cfg.weight_words // C) for j in range(C)]
+        mask = memory("mask", cfg.group_bits, cfg.mask_words)
+        param = memory("param", regions[Region.PARAM][0], cfg.param_words)
+        desc_mem = memory("desc", regions[Region.DESC][0], cfg.max_layers)
+        count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
+
+        act_r = [[mem.read_port() for mem in bank] for bank in act]
+        act_w = [[mem.write_port() for mem in bank] for bank in act]
+        flag_r = [[[mem.read_port() for _ in range(K)] for mem in bank] for bank in flag]
+        flag_w = [[mem.write_port() for mem in bank] for bank in flag]
+        wgt_r = [mem.read_port() for mem in wgt]
+        wgt_w = [mem.write_port() for mem in wgt]
+        mask_r, mask_w = mask.read_port(), mask.write_port()
+        param_r, param_w = param.read_port(), param.write_port()
+        desc_r, desc_w = desc_mem.read_port(), desc_mem.write_port()
+        count_r, count_w = count.read_port(), count.write_port()
+
+        # -- host bus -----------------------------------------------------------------------
+        cmd = self.cmd.payload
+        rsp_valid = Signal()
+        rsp_error = Signal()
+        rsp_region = Signal(4)
+        rsp_index = Signal.like(cmd.index)
+        rsp_read = Signal()
+        accept = Signal()
+        m.d.comb += [
+            self.cmd.ready.eq(~rsp_valid | self.rsp.ready),
+            accept.eq(self.cmd.valid & self.cmd.ready),
+            self.rsp.valid.eq(rsp_valid),
+        ]
+        with m.If(accept):
+            m.d.sync += [rsp_valid.eq(1), rsp_region.eq(cmd.region), rsp_index.eq(cmd.index),
+                         rsp_read.eq(~cmd.write)]
+        with m.Elif(self.rsp.ready):
+            m.d.sync += rsp_valid.eq(0)
+
+        # Which command is acceptable, and what it touches.
+        in_range = Signal()
+        with m.Switch(cmd.region):
+            for region, (_, depth) in regions.items():
+                with m.Case(region):
+                    m.d.comb += in_range.eq(cmd.index < depth)
+        memory_region = cmd.region < Region.COUNT
+        bad = Signal()
+        m.d.comb += bad.eq(~in_range
+                           | (memory_region & busy)
+                           | (cmd.write & (cmd.region == Region.COUNT))
+                           | (cmd.write & (cmd.region == Region.CTRL) & ((cmd.index != 0) | busy)))
+        # A word with bits beyond its region's width is refused too.
+        with m.Switch(cmd.region):
+            for region, (width, _) in regions.items():
+                if width < len(cmd.data):
+                    with m.Case(region):
+                        with m.If(cmd.write & (cmd.data[width:] != 0)):
+                            m.d.comb += bad.eq(1)
+        with m.If(accept):
+            m.d.sync += rsp_error.eq(bad)
+        host_write = Signal()
+        host_read = Signal()
+        m.d.comb += [host_write.eq(accept & cmd.write & ~bad),
+                     host_read.eq(accept & ~cmd.write & ~bad)]
+
+        def lane(index, banks):
+            """(bank, in-bank address) of a host index in a banked region."""
+            shift = (banks - 1).bit_length()
+            return index[:shift] if banks > 1 else Const(0), index[shift:]
+
+        # Host access to the memories shares the compute ports; it is only allowed while idle.
+        hb, ha = lane(cmd.index, NB)
+        wb, wa = lane(cmd.index, C)
+        for buf in range(2):
+            for b in range(NB):
+                with m.If(~busy):
+                    m.d.comb += [
+                        act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
+                        act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(cmd.data),
+                        flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(cmd.data),
+                        act_w[buf][b].en.eq(host_write & (hb == b)
+                                            & (cmd.region == Region.ACT0 + buf)),
+                        flag_w[buf][b].en.eq(host_write & (hb == b)
+                                             & (cmd.region == Region.FLAG0 + buf)),
+                    ]
+        for j in range(C):
+            with m.If(~busy):
+                m.d.comb += [wgt_r[j].addr.eq(wa), wgt_w[j].addr.eq(wa),
+                             wgt_w[j].data.eq(cmd.data),
+                             wgt_w[j].en.eq(host_write & (wb == j)
+                                            & (cmd.region == Region.WEIGHT))]
+        with m.If(~busy):
+            m.d.comb += [
+                mask_r.addr.eq(cmd.index), param_r.addr.eq(cmd.index),
+                desc_r.addr.eq(cmd.index),
+            ]
+        m.d.comb += [
+            mask_w.addr.eq(cmd.index), mask_w.data.eq(cmd.data),
+            mask_w.en.eq(host_write & (cmd.region == Region.MASK)),
+            param_w.addr.eq(cmd.index), param_w.data.eq(cmd.data),
+            param_w.en.eq(host_write & (cmd.region == Region.PARAM)),
+            desc_w.addr.eq(cmd.index), desc_w.data.eq(cmd.data),
+            desc_w.en.eq(host_write & (cmd.region == Region.DESC)),
+            count_r.addr.eq(cmd.index),
+        ]
+
+        # Read data, one cycle later, by the registered region and index.
+        rdata = Signal.like(self.rsp.payload.data)
+        info = [HW_VERSION] + layout.config_words(cfg)
+        rb, _ = lane(rsp_index, NB)
+        rwb, _ = lane(rsp_index, C)
+        with m.Switch(rsp_region):
+            for buf in range(2):
+                with m.Case(Region.ACT0 + buf):
+                    with m.Switch(rb):
+                        for b in range(NB):
+                            with m.Case(b):
+                                m.d.comb += rdata.eq(act_r[buf][b].data)
+                with m.Case(Region.FLAG0 + buf):
+                    with m.Switch(rb):
+                        for b in range(NB):
+                            with m.Case(b):
+                                m.d.comb += rdata.eq(flag_r[buf][b][0].data)
+            with m.Case(Region.WEIGHT):
+                with m.Switch(rwb):
+                    for j in range(C):
+                        with m.Case(j):
+                            m.d.comb += rdata.eq(wgt_r[j].data)
+            with m.Case(Region.MASK):
+                m.d.comb += rdata.eq(mask_r.data)
+            with m.Case(Region.PARAM):
+                m.d.comb += rdata.eq(param_r.data)
+            with m.Case(Region.DESC):
+                m.d.comb += rdata.eq(desc_r.data)
+            with m.Case(Region.COUNT):
+                m.d.comb += rdata.eq(count_r.data)
+            with m.Case(Region.CTRL):
+                with m.Switch(rsp_index):
+                    with m.Case(0):
+                        m.d.comb += rdata.eq(Cat(busy, done, error, Const(0, 5), run_cycles))
+                    for i, value in enumerate(info):
+                        with m.Case(i + 1):
+                            m.d.comb += rdata.eq(value)
+        m.d.comb += [self.rsp.payload.data.eq(Mux(rsp_read & ~rsp_error, rdata, 0)),
+                     self.rsp.payload.error.eq(rsp_error)]
+
+        # -- sequencer ----------------------------------------------------------------------
+        run = Signal()
+        run_word = data.View(data.StructLayout(dict(layout.RUN_FIELDS)), cmd.data[:17])
+        m.d.comb += run.eq(host_write & (cmd.region == Region.CTRL))
+
+        counters = {name: _Counter() for name in COUNTERS if name != "busy_cycles"}
+        for name, counter in counters.items():
+            m.submodules[f"count_{name}"] = counter
+        busy_time = Signal(COUNTER_BITS)     # cycles since the layer started
+        last_write = Signal(COUNTER_BITS)    # busy_time just after the layer's latest write
+        blocks_in = Signal(COUNTER_BITS)
+        blocks_out = Signal(COUNTER_BITS)
+        store = Signal(range(len(COUNTERS) + 1))
+
+        with m.If(busy):
+            m.d.sync += run_cycles.eq(run_cycles + 1)
+        with m.If(pe.i.valid & pe.i.ready & pe.i.payload.last):
+            m.d.sync += blocks_in.eq(blocks_in + 1)
+        with m.If(out.i.valid & out.i.ready):
+            m.d.sync += blocks_out.eq(blocks_out + 1)
+
+        self._connect_compute(m, cfg, loader, out, counters, busy, in_buf, act_r, act_w,
+                              flag_r, flag_w, wgt_r, mask_r, param_r)
+        with m.If(Cat(lane.en for lane in out.wr).any()):
+            m.d.sync += last_write.eq(busy_time + 1)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(run):
+                    m.d.sync += [n_layers.eq(run_word.layers), skip.eq(run_word.skip),
+                                 epsilon.eq(run_word.epsilon), layer.eq(0), busy.eq(1),
+                                 done.eq(0), error.eq(0), run_cycles.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(layer == n_layers):
+                    m.d.sync += [busy.eq(0), done.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += desc_r.addr.eq(layer)
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += [desc.eq(desc_r.data), in_buf.eq(layer[0]), busy_time.eq(0),
+                             last_write.eq(0), blocks_in.eq(0), blocks_out.eq(0)]
+                m.d.comb += [c.clear.eq(1) for c in counters.values()]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(desc.mode != layout.MODE_INT8):
+                    m.d.sync += [busy.eq(0), done.eq(1), error.eq(1)]
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += loader.start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.sync += busy_time.eq(busy_time + 1)
+                with m.If(loader.done & (blocks_out == blocks_in) & out.idle
+                          & ~pe.o.valid & ~(pe.i.valid)):
+                    m.d.sync += store.eq(0)
+                    m.next = "STORE"
+            with m.State("STORE"):
+                for i, name in enumerate(COUNTERS):
+                    with m.If(store == i):
+                        value = last_write if name == "busy_cycles" else counters[name].value
+                        m.d.comb += [count_w.addr.eq(layer * len(COUNTERS) + i),
+                                     count_w.data.eq(value), count_w.en.eq(1)]
+                m.d.sync += store.eq(store + 1)
+                with m.If(store == len(COUNTERS) - 1):
+                    m.d.sync += layer.eq(layer + 1)
+                    m.next = "LOAD"
+        return m
+
+    @staticmethod
+    def _connect_compute(m, cfg, loader, out, counters, busy, in_buf, act_r, act_w, flag_r,
+                         flag_w, wgt_r, mask_r, param_r):
+        """While a run is in progress the loader reads the input buffer, the output stage writes
+        the other one, and their counter increments feed the layer's counters."""
+        NB, C, K = cfg.act_banks, cfg.cols, cfg.max_kernel
+        shift = (NB - 1).bit_length()
+        with m.If(busy):
+            for buf in range(2):
+                reading = in_buf == buf
+                for b in range(NB):
+                    m.d.comb += [act_r[buf][b].addr.eq(loader.act_addr[b]),
+                                 act_r[buf][b].en.eq(loader.act_en[b] & reading)]
+                    for k in range(K):
+                        m.d.comb += [flag_r[buf][b][k].addr.eq(loader.flag_addr[b][k]),
+                                     flag_r[buf][b][k].en.eq(loader.flag_en & reading)]
+                    # Output lanes address distinct banks; each bank takes the lane aimed at it.
+                    for lane in out.wr:
+                        hit = lane.en & (lane.index[:shift] == b if NB > 1 else 1) & ~reading
+                        with m.If(hit):
+                            m.d.comb += [
+                                act_w[buf][b].addr.eq(lane.index[shift:]),
+                                act_w[buf][b].data.eq(lane.data), act_w[buf][b].en.eq(1),
+                                flag_w[buf][b].addr.eq(lane.index[shift:]),
+                                flag_w[buf][b].data.eq(lane.flag), flag_w[buf][b].en.eq(1),
+                            ]
+            for j in range(C):
+                m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
+                             wgt_r[j].en.eq(loader.wgt_en[j])]
+            m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en),
+                         param_r.addr.eq(out.param_addr)]
+        for b in range(NB):
+            m.d.comb += loader.act_data[b].eq(Mux(in_buf, act_r[1][b].data, act_r[0][b].data))
+            for k in range(K):
+                m.d.comb += loader.flag_data[b][k].eq(
+                    Mux(in_buf, flag_r[1][b][k].data, flag_r[0][b][k].data))
+        for j in range(C):
+            m.d.comb += loader.wgt_data[j].eq(wgt_r[j].data)
+        m.d.comb += [
+            loader.mask_data.eq(mask_r.data), out.param_data.eq(param_r.data),
+            counters["issue_slots"].inc.eq(loader.issue_slots),
+            counters["issue_slots_skipped"].inc.eq(loader.issue_slots_skipped),
+            counters["act_bytes_read"].inc.eq(loader.act_bytes_read),
+            counters["weight_bytes_read"].inc.eq(loader.weight_bytes_read),
+            counters["out_tiles_flagged"].inc.eq(out.flagged),
+        ]

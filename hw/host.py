@@ -1,0 +1,411 @@
+"""The host interface: the framed byte-stream protocol of ``sw/protocol.py`` in front of the
+core's command/response bus.
+
+A frame is received whole into a buffer (so that a frame failing any check changes nothing),
+checked (length, checksum, operation, arguments, ranges, excess bits of every word), then
+executed word by word on the core's bus, and answered with one reply frame. Reply payloads come
+only from the core's responses.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from sw import layout
+from sw import protocol as proto
+from sw.layout import Region
+
+from .core import bus_layouts
+
+__all__ = ["HostInterface", "crc16_step"]
+
+_FRAME_BYTES = proto.HEADER + proto.MAX_PAYLOAD + proto.TRAILER
+_ARGS = 7          # region (1) | index (4) | count (2)
+
+
+def crc16_step(crc, byte):
+    """One byte of CRC-16/CCITT-FALSE, as combinational logic (mirrors ``sw.protocol.crc16``)."""
+    crc = crc ^ (byte << 8)
+    for _ in range(8):
+        crc = Mux(crc[15], (crc << 1) ^ 0x1021, crc << 1)[:16]
+    return crc
+
+
+class HostInterface(wiring.Component):
+    """Protocol decoder and reply encoder.
+
+    Members
+    -------
+    rx : In(stream.Signature(8))
+        Bytes from the host. Not ready while a frame is being executed or answered.
+    tx : Out(stream.Signature(8))
+        Reply bytes to the host.
+    cmd : Out(stream.Signature(bus command))
+    rsp : In(stream.Signature(bus response))
+        The core's host bus (:class:`hw.core.Core`).
+    """
+
+    def __init__(self, config):
+        self.config = config
+        cmd, rsp = bus_layouts(config)
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "cmd": Out(stream.Signature(cmd)),
+            "rsp": In(stream.Signature(rsp)),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        regions = layout.region_map(cfg)
+        max_wb = max(proto.word_bytes(w) for w, _ in regions.values())
+        m = Module()
+
+        m.submodules.buf = buf = Memory(shape=unsigned(8), depth=_FRAME_BYTES, init=[])
+        buf_w = buf.write_port()
+        buf_r = buf.read_port()
+
+        # -- receive: unstuff into the buffer, keeping the header and a running checksum -------
+        n = Signal(range(_FRAME_BYTES + 2))     # body bytes received (saturates past the buffer)
+        overflow = Signal()
+        esc = Signal()
+        in_frame = Signal()
+        last2 = Signal(16)                       # the two latest bytes: the checksum at the end
+        crc = Signal(16, init=0xFFFF)            # over all but the two latest bytes
+        op = Signal(8)
+        seq = Signal(8)
+        length = Signal(16)
+        arg = Signal(8 * _ARGS)
+        frame_done = Signal()
+        receiving = Signal()
+
+        byte = Signal(8)
+        got = Signal()
+        m.d.comb += [self.rx.ready.eq(receiving), byte.eq(self.rx.payload)]
+        restart = Signal()     # forget the frame in progress and start a new one
+        with m.If(restart):
+            m.d.sync += [in_frame.eq(1), esc.eq(0), n.eq(0), overflow.eq(0), crc.eq(0xFFFF)]
+        with m.If(self.rx.valid & receiving):
+            with m.If(self.rx.payload == proto.FLAG):
+                # A flag ends the frame in progress (kept for checking) or opens one.
+                with m.If(in_frame & (n != 0)):
+                    m.d.comb += frame_done.eq(1)
+                with m.Else():
+                    m.d.comb += restart.eq(1)
+            with m.Elif(in_frame):
+                with m.If(esc | (self.rx.payload != proto.ESC)):
+                    m.d.comb += got.eq(1)
+                    with m.If(esc):
+                        m.d.comb += byte.eq(self.rx.payload ^ proto.ESC_XOR)
+                m.d.sync += esc.eq(~esc & (self.rx.payload == proto.ESC))
+        with m.If(got):
+            m.d.sync += last2.eq(Cat(last2[8:], byte))
+            with m.If(n >= 2):
+                m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
+            with m.If(n < _FRAME_BYTES):
+                m.d.comb += [buf_w.addr.eq(n), buf_w.data.eq(byte), buf_w.en.eq(1)]
+                m.d.sync += n.eq(n + 1)
+            with m.Else():
+                m.d.sync += overflow.eq(1)
+            with m.Switch(n):
+                with m.Case(0):
+                    m.d.sync += op.eq(byte)
+                with m.Case(1):
+                    m.d.sync += seq.eq(byte)
+                with m.Case(2):
+                    m.d.sync += length[:8].eq(byte)
+                with m.Case(3):
+                    m.d.sync += length[8:].eq(byte)
+                for i in range(_ARGS):
+                    with m.Case(proto.HEADER + i):
+                        m.d.sync += arg[8 * i:8 * i + 8].eq(byte)
+
+        region = arg[:8]
+        index = arg[8:40]
+        count = arg[40:56]
+        payload_len = Signal(16)
+        m.d.comb += payload_len.eq(n - proto.HEADER - proto.TRAILER)
+
+        # Per-region facts, looked up by the frame's region byte.
+        wb = Signal(range(max_wb + 1))           # bytes per word
+        depth = Signal(32)
+        top_mask = Signal(8)                     # bits of a word's last byte that must be zero
+        writable = Signal()
+        known = Signal()
+        with m.Switch(region):
+            for r, (width, d) in regions.items():
+                with m.Case(r):
+                    m.d.comb += [wb.eq(proto.word_bytes(width)), depth.eq(d), known.eq(1),
+                                 writable.eq(r < Region.COUNT),
+                                 top_mask.eq((0xFF << (width % 8 or 8)) & 0xFF)]
+
+        # -- the reply ------------------------------------------------------------------------
+        status = Signal(8)
+        rlen = Signal(16)
+        tx_byte = Signal(8)                      # next body byte to send (before stuffing)
+        tx_crc = Signal(16)
+        tx_stuffed = Signal()                    # the escape was sent, the byte comes next
+
+        # Bus traffic: `words` commands, `wi` issued; responses fill `word` for replies.
+        words = Signal(16)
+        wi = Signal(16)
+        word = Signal(len(self.cmd.payload.data))
+        bi = Signal(range(max_wb + 1))
+        pos = Signal(range(_FRAME_BYTES))
+        run_status = Signal(64)
+
+        cmd = self.cmd.payload
+        info_words = 1 + len(layout.config_words(cfg))
+
+        def send(m, value, next_state):
+            """Send one body byte (stuffed) and go on."""
+            m.d.comb += tx_byte.eq(value)
+            with m.If(self.tx.ready):
+                with m.If(((value == proto.FLAG) | (value == proto.ESC)) & ~tx_stuffed):
+                    m.d.sync += tx_stuffed.eq(1)
+                with m.Else():
+                    m.d.sync += [tx_stuffed.eq(0), tx_crc.eq(crc16_step(tx_crc, value))]
+                    m.next = next_state
+
+        stuffing = Signal()
+        m.d.comb += stuffing.eq(((tx_byte == proto.FLAG) | (tx_byte == proto.ESC)) & ~tx_stuffed)
+
+        with m.FSM():
+            with m.State("RECEIVE"):
+                m.d.comb += receiving.eq(1)
+                with m.If(frame_done):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += [status.eq(proto.Status.OK), rlen.eq(0), wi.eq(0), pos.eq(0),
+                             tx_crc.eq(0xFFFF), tx_stuffed.eq(0)]
+                with m.If(n < proto.HEADER + proto.TRAILER):
+                    m.d.sync += status.eq(proto.Status.BAD_LENGTH)
+                    with m.If(n < 2):
+                        m.d.sync += seq.eq(0)
+                    m.next = "REPLY"
+                with m.Elif(overflow):
+                    m.d.sync += status.eq(proto.Status.TOO_LONG)
+                    m.next = "REPLY"
+                with m.Elif(crc != last2):
+                    m.d.sync += status.eq(proto.Status.BAD_CRC)
+                    m.next = "REPLY"
+                with m.Elif(length > proto.MAX_PAYLOAD):
+                    m.d.sync += status.eq(proto.Status.TOO_LONG)
+                    m.next = "REPLY"
+                with m.Elif(length != payload_len):
+                    m.d.sync += status.eq(proto.Status.BAD_LENGTH)
+                    m.next = "REPLY"
+                with m.Else():
+                    m.next = "DECODE"
+            with m.State("DECODE"):
+                m.next = "REPLY"
+                with m.Switch(op):
+                    with m.Case(proto.Op.INFO, proto.Op.STATUS):
+                        with m.If(length != 0):
+                            m.d.sync += status.eq(proto.Status.BAD_ARGUMENT)
+                        with m.Elif(op == proto.Op.INFO):
+                            m.d.sync += [words.eq(info_words), rlen.eq(4 * info_words)]
+                        with m.Else():
+                            m.d.sync += [words.eq(1), rlen.eq(8)]
+                    with m.Case(proto.Op.READ, proto.Op.WRITE):
+                        is_write = op == proto.Op.WRITE
+                        expect = Mux(is_write, _ARGS + count * wb, _ARGS)
+                        with m.If(length < _ARGS):
+                            m.d.sync += status.eq(proto.Status.BAD_ARGUMENT)
+                        with m.Elif(~known | (is_write & ~writable)):
+                            m.d.sync += status.eq(proto.Status.BAD_REGION)
+                        with m.Elif(length != expect):
+                            m.d.sync += status.eq(proto.Status.BAD_ARGUMENT)
+                        with m.Elif((index >= depth) | (count > depth - index)):
+                            m.d.sync += status.eq(proto.Status.OUT_OF_RANGE)
+                        with m.Elif(~is_write & (count * wb > proto.MAX_PAYLOAD)):
+                            m.d.sync += status.eq(proto.Status.TOO_LONG)
+                        with m.Elif(is_write):
+                            m.d.sync += [words.eq(count), wi.eq(0)]
+                            m.next = "VALIDATE"
+                        with m.Else():
+                            m.d.sync += [words.eq(count), rlen.eq(count * wb)]
+                    with m.Case(proto.Op.RUN):
+                        with m.If(length != 4):
+                            m.d.sync += status.eq(proto.Status.BAD_ARGUMENT)
+                        with m.Else():
+                            m.next = "RUN"
+                    with m.Default():
+                        m.d.sync += status.eq(proto.Status.UNKNOWN_OP)
+
+            # A WRITE's words are checked for excess bits before any is written.
+            with m.State("VALIDATE"):
+                with m.If(wi == words):
+                    m.d.sync += [wi.eq(0), pos.eq(proto.HEADER + _ARGS)]
+                    m.next = "BUS"
+                with m.Else():
+                    m.d.comb += buf_r.addr.eq(proto.HEADER + _ARGS + wi * wb + wb - 1)
+                    m.next = "VALIDATE_BYTE"
+            with m.State("VALIDATE_BYTE"):
+                with m.If(buf_r.data & top_mask):
+                    m.d.sync += status.eq(proto.Status.OUT_OF_RANGE)
+                    m.next = "REPLY"
+                with m.Else():
+                    m.d.sync += wi.eq(wi + 1)
+                    m.next = "VALIDATE"
+
+            # WRITE: gather each word's bytes, write it, wait for the response.
+            with m.State("BUS"):
+                with m.If(wi == words):
+                    m.next = "REPLY"
+                with m.Else():
+                    m.d.sync += [word.eq(0), bi.eq(0), pos.eq(pos + 1)]
+                    m.d.comb += buf_r.addr.eq(pos)
+                    m.next = "GATHER"
+            with m.State("GATHER"):
+                m.d.sync += word.word_select(bi, 8).eq(buf_r.data)
+                with m.If(bi + 1 == wb):
+                    m.next = "ISSUE"
+                with m.Else():
+                    m.d.comb += buf_r.addr.eq(pos)
+                    m.d.sync += [pos.eq(pos + 1), bi.eq(bi + 1)]
+            with m.State("ISSUE"):
+                m.d.comb += [self.cmd.valid.eq(1), cmd.write.eq(1), cmd.region.eq(region),
+                             cmd.index.eq(index + wi), cmd.data.eq(word)]
+                with m.If(self.cmd.ready):
+                    m.next = "RESPONSE"
+            with m.State("RESPONSE"):
+                m.d.comb += self.rsp.ready.eq(1)
+                with m.If(self.rsp.valid):
+                    m.d.sync += wi.eq(wi + 1)
+                    with m.If(self.rsp.payload.error):
+                        # Only a core refusing a checked command gets here: it is running.
+                        m.d.sync += status.eq(proto.Status.BUSY)
+                        m.next = "REPLY"
+                    with m.Else():
+                        m.next = "BUS"
+
+            # RUN: write the run word, then poll the status until the run is over.
+            with m.State("RUN"):
+                m.d.comb += [self.cmd.valid.eq(1), cmd.write.eq(1), cmd.region.eq(Region.CTRL),
+                             cmd.index.eq(0), cmd.data.eq(arg[:32])]
+                with m.If(self.cmd.ready):
+                    m.next = "RUN_ACK"
+            with m.State("RUN_ACK"):
+                m.d.comb += self.rsp.ready.eq(1)
+                with m.If(self.rsp.valid):
+                    with m.If(self.rsp.payload.error):
+                        m.d.sync += status.eq(proto.Status.BUSY)
+                        m.next = "REPLY"
+                    with m.Else():
+                        m.next = "POLL"
+            with m.State("POLL"):
+                m.d.comb += [self.cmd.valid.eq(1), cmd.region.eq(Region.CTRL), cmd.index.eq(0)]
+                with m.If(self.cmd.ready):
+                    m.next = "POLL_ACK"
+            with m.State("POLL_ACK"):
+                m.d.comb += self.rsp.ready.eq(1)
+                with m.If(self.rsp.valid):
+                    with m.If(self.rsp.payload.data[0]):
+                        m.next = "POLL"
+                    with m.Else():
+                        m.d.sync += [run_status.eq(self.rsp.payload.data[:64]), rlen.eq(8),
+                                     words.eq(0)]
+                        m.next = "REPLY"
+
+            # The reply: flag, header, payload, checksum, flag; body bytes stuffed.
+            with m.State("REPLY"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(proto.FLAG)]
+                with m.If(self.tx.ready):
+                    m.d.sync += [tx_crc.eq(0xFFFF), tx_stuffed.eq(0), bi.eq(0), wi.eq(0)]
+                    m.next = "SEND_STATUS"
+            for state, value, nxt in (("SEND_STATUS", status, "SEND_SEQ"),
+                                      ("SEND_SEQ", seq, "SEND_LEN0"),
+                                      ("SEND_LEN0", rlen[:8], "SEND_LEN1"),
+                                      ("SEND_LEN1", rlen[8:], "PAYLOAD")):
+                with m.State(state):
+                    m.d.comb += [self.tx.valid.eq(1),
+                                 self.tx.payload.eq(Mux(stuffing, proto.ESC,
+                                                        tx_byte ^ Mux(tx_stuffed,
+                                                                      proto.ESC_XOR, 0)))]
+                    send(m, value, nxt)
+            with m.State("PAYLOAD"):
+                # Reads, INFO and STATUS fetch each word from the core as its bytes are due.
+                with m.If(rlen == 0):
+                    m.next = "SEND_CRC0"
+                with m.Elif(op == proto.Op.RUN):
+                    m.d.sync += word.eq(run_status)
+                    m.next = "SEND_WORD"
+                with m.Else():
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                with m.If(wi == words):
+                    m.next = "SEND_CRC0"
+                with m.Else():
+                    m.d.comb += self.cmd.valid.eq(1)
+                    with m.Switch(op):
+                        with m.Case(proto.Op.INFO):
+                            m.d.comb += [cmd.region.eq(Region.CTRL), cmd.index.eq(wi + 1)]
+                        with m.Case(proto.Op.STATUS):
+                            m.d.comb += [cmd.region.eq(Region.CTRL), cmd.index.eq(0)]
+                        with m.Default():
+                            m.d.comb += [cmd.region.eq(region), cmd.index.eq(index + wi)]
+                    with m.If(self.cmd.ready):
+                        m.next = "FETCH_ACK"
+            with m.State("FETCH_ACK"):
+                m.d.comb += self.rsp.ready.eq(1)
+                with m.If(self.rsp.valid):
+                    m.d.sync += [word.eq(self.rsp.payload.data), bi.eq(0), wi.eq(wi + 1)]
+                    m.next = "SEND_WORD"
+            with m.State("SEND_WORD"):
+                nbytes = Signal(range(max_wb + 1))
+                with m.Switch(op):
+                    with m.Case(proto.Op.INFO):
+                        m.d.comb += nbytes.eq(4)
+                    with m.Case(proto.Op.STATUS, proto.Op.RUN):
+                        m.d.comb += nbytes.eq(8)
+                    with m.Default():
+                        m.d.comb += nbytes.eq(wb)
+                value = word.word_select(bi, 8)
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.eq(Mux(stuffing, proto.ESC,
+                                                    tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
+                m.d.comb += tx_byte.eq(value)
+                with m.If(self.tx.ready):
+                    with m.If(stuffing):
+                        m.d.sync += tx_stuffed.eq(1)
+                    with m.Else():
+                        m.d.sync += [tx_stuffed.eq(0), tx_crc.eq(crc16_step(tx_crc, value)),
+                                     bi.eq(bi + 1)]
+                        with m.If(bi + 1 == nbytes):
+                            m.next = "NEXT_WORD"
+            with m.State("NEXT_WORD"):
+                with m.If(op == proto.Op.RUN):
+                    m.next = "SEND_CRC0"
+                with m.Else():
+                    m.next = "FETCH"
+            crc_hi = Signal(8)
+            with m.State("SEND_CRC0"):
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.eq(Mux(stuffing, proto.ESC,
+                                                    tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
+                m.d.comb += tx_byte.eq(tx_crc[:8])
+                with m.If(self.tx.ready):
+                    with m.If(stuffing):
+                        m.d.sync += tx_stuffed.eq(1)
+                    with m.Else():
+                        m.d.sync += [tx_stuffed.eq(0), crc_hi.eq(tx_crc[8:])]
+                        m.next = "SEND_CRC1"
+            with m.State("SEND_CRC1"):
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.eq(Mux(stuffing, proto.ESC,
+                                                    tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
+                m.d.comb += tx_byte.eq(crc_hi)
+                with m.If(self.tx.ready):
+                    with m.If(stuffing):
+                        m.d.sync += tx_stuffed.eq(1)
+                    with m.Else():
+                        m.d.sync += tx_stuffed.eq(0)
+                        m.next = "END"
+            with m.State("END"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(proto.FLAG)]
+                with m.If(self.tx.ready):
+                    m.d.comb += restart.eq(1)
+                    m.next = "RECEIVE"
+        return m

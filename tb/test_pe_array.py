@@ -1,0 +1,140 @@
+"""cocotb bench of hw.pe_array.PEArray: random slots, valid gaps and back-pressure.
+
+The expected blocks come from an integer model of the contract (docs/ARCHITECTURE.md, "Module
+interfaces"): acc[r·C + j] = Σ over the block's non-``zero`` slots of act[j] · wgt[r·C + j]
+(``first`` starts from 0), wrapped to int32, delivered in order with the ``last`` slot's tag.
+"""
+
+import random
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from hw.tags import block_layout, slot_layout
+from tb.common import config_from_env, pack, unpack
+
+
+def _blocks(cfg, rng, n_blocks, *, big=False):
+    """Random blocks: a list of (slots, expected acc, tag)."""
+    R, C = cfg.rows, cfg.cols
+    out = []
+    for _ in range(n_blocks):
+        tag = {"cog": rng.randrange(cfg.max_channels + 1),
+               "y": rng.randrange(cfg.max_width + 1), "xg": rng.randrange(cfg.max_width + 1)}
+        kind = rng.random()
+        if kind < 0.15:      # a block with no issued slot
+            slots = [dict(act=[0] * C, wgt=[0] * (R * C), zero=1)]
+        else:
+            n = rng.randint(1, 40 if big else 6)
+            slots = []
+            for _ in range(n):
+                lo = -128 if rng.random() < 0.5 else -3
+                act = [rng.randint(lo, -lo - 1) for _ in range(C)]
+                if rng.random() < 0.5:   # conv: broadcast w[r] over j
+                    w = [rng.randint(-128, 127) for _ in range(R)]
+                    wgt = [w[r] for r in range(R) for _ in range(C)]
+                else:
+                    wgt = [rng.randint(-128, 127) for _ in range(R * C)]
+                slots.append(dict(act=act, wgt=wgt, zero=int(rng.random() < 0.1)))
+        acc = np.zeros(R * C, dtype=np.int64)
+        for s in slots:
+            if not s["zero"]:
+                a = np.array(s["act"], dtype=np.int64)
+                w = np.array(s["wgt"], dtype=np.int64).reshape(R, C)
+                acc += (w * a[None, :]).reshape(-1)
+        acc = ((acc + 2 ** 31) % 2 ** 32) - 2 ** 31
+        for k, s in enumerate(slots):
+            s["first"] = int(k == 0)
+            s["last"] = int(k == len(slots) - 1)
+            s["tag"] = tag if s["last"] else {   # only the last slot's tag counts
+                "cog": rng.randrange(cfg.max_channels + 1), "y": 0, "xg": 0}
+        out.append((slots, [int(v) for v in acc], tag))
+    return out
+
+
+async def _run(dut, cfg, blocks, p_valid, p_ready, *, check_full_rate=False):
+    sl, bl = slot_layout(cfg), block_layout(cfg)
+    await RisingEdge(dut.clk)    # leave a ReadOnly phase before driving
+    dut.rst.value = 1
+    dut.i__valid.value = 0
+    dut.o__ready.value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    rng = random.Random(len(blocks) * 7919 + int(p_valid * 100) + int(p_ready * 10))
+    slots = [pack(sl, s) for b in blocks for s in b[0]]
+    expected = [(b[1], b[2]) for b in blocks]
+    got = []
+    k = 0
+    cycles = 0
+    stalls = 0
+    holding = False
+    timeout = 200 + 20 * len(slots) / min(p_valid, p_ready)
+    while len(got) < len(expected):
+        await RisingEdge(dut.clk)
+        cycles += 1
+        assert cycles < timeout, f"timeout: {len(got)} of {len(expected)} blocks"
+        # a stream source keeps valid (and the payload) until the transfer
+        valid = k < len(slots) and (holding or rng.random() < p_valid)
+        dut.i__valid.value = int(valid)
+        dut.i__payload.value = slots[k] if k < len(slots) else 0
+        dut.o__ready.value = int(rng.random() < p_ready)
+        await ReadOnly()
+        holding = valid and not int(dut.i__ready.value)
+        if valid and int(dut.i__ready.value):
+            k += 1
+        elif valid:
+            stalls += 1
+            # ready may only drop while the shadow holds a block that is not taken
+            assert int(dut.o__valid.value) and not int(dut.o__ready.value), \
+                "i.ready low although the output was free"
+        if int(dut.o__valid.value) and int(dut.o__ready.value):
+            got.append(unpack(bl, int(dut.o__payload.value)))
+    for n, ((acc, tag), g) in enumerate(zip(expected, got)):
+        assert g["tag"] == tag, f"block {n}: tag {g['tag']} != {tag}"
+        assert g["acc"] == acc, f"block {n}: acc {g['acc']} != {acc}"
+    if check_full_rate:
+        assert stalls == 0, f"{stalls} stalls at full rate"
+        # one slot per cycle: the last block leaves 2 cycles after its last slot
+        assert cycles <= len(slots) + 3, f"{cycles} cycles for {len(slots)} slots"
+    for _ in range(3):    # nothing more comes out
+        await RisingEdge(dut.clk)
+        await ReadOnly()
+        assert not int(dut.o__valid.value), "spurious block"
+    return cycles
+
+
+@cocotb.test()
+async def full_rate(dut):
+    """No gaps, no back-pressure: one slot per cycle, never stalled."""
+    cfg, seed = config_from_env()
+    Clock(dut.clk, 10, unit="ns").start()
+    blocks = _blocks(cfg, random.Random(seed), 40)
+    await _run(dut, cfg, blocks, 1.0, 1.0, check_full_rate=True)
+
+
+@cocotb.test()
+async def random_stalls(dut):
+    """Random valid gaps and back-pressure, long blocks (int32 wrap-around stays exact)."""
+    cfg, seed = config_from_env()
+    Clock(dut.clk, 10, unit="ns").start()
+    rng = random.Random(seed + 1)
+    for p_valid, p_ready in ((0.7, 0.5), (1.0, 0.2), (0.3, 0.9), (1.0, 0.05)):
+        blocks = _blocks(cfg, rng, 30, big=p_ready > 0.5)
+        await _run(dut, cfg, blocks, p_valid, p_ready)
+
+
+@cocotb.test()
+async def single_slot_blocks(dut):
+    """Back-to-back one-slot blocks with heavy back-pressure (the shadow is the bottleneck)."""
+    cfg, seed = config_from_env()
+    Clock(dut.clk, 10, unit="ns").start()
+    rng = random.Random(seed + 2)
+    blocks = []
+    while len(blocks) < 40:
+        b = _blocks(cfg, rng, 1)[0]
+        if len(b[0]) == 1:
+            blocks.append(b)
+    await _run(dut, cfg, blocks, 1.0, 0.5)

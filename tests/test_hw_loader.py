@@ -1,0 +1,59 @@
+"""hw/loader.py on Verilator: the cocotb bench tb/test_loader.py, one build per configuration."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from sw.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_channels=16,
+               max_width=16, act_words=512, weight_words=1024, mask_words=256, param_words=32)
+
+#: Wider words, 16 banks (groups of 16 > Kmax² slots for fc), R = 2·C.
+WIDE = Config(rows=8, cols=4, tile=(1, 1, 4), act_banks=16, out_words=4, max_channels=16,
+              max_width=16, act_words=1024, weight_words=2048, mask_words=512, param_words=32)
+
+COCOTB_TESTS = ("test_all_layers_dense_and_sparse", "test_pruned_weights", "test_random_layers",
+                "test_throughput")
+
+
+@pytest.fixture(scope="module", params=[SMALL, WIDE], ids=["small", "wide"])
+def sim(request):
+    from hw.build import write_verilog
+    from hw.loader import Loader
+    from tb import runner
+
+    cfg = request.param
+    key = hashlib.sha256(cfg.key().encode()).hexdigest()[:12]
+    build_dir = ROOT / "build" / "hw_loader" / key
+    src = write_verilog(Loader(cfg), "loader", build_dir)
+    sim = runner.build("loader", [src], build_dir, internals=False)
+    env = {"TILESKIP_CONFIG": json.dumps(cfg.to_dict()),
+           "TILESKIP_LOADER_PERF": str(build_dir / "perf.jsonl")}
+    return runner, sim, env, build_dir
+
+
+@pytest.mark.parametrize("testcase", COCOTB_TESTS)
+def test_loader(sim, testcase):
+    runner, build, env, build_dir = sim
+    if testcase == "test_throughput":
+        (build_dir / "perf.jsonl").unlink(missing_ok=True)
+    runner.test(build, "loader", "tb.test_loader", testcase=testcase, extra_env=env, seed=1)
+
+
+@pytest.mark.xfail(reason="sw/layout.pack_program writes conv weights into a copy ('flat' is "
+                          "not a view of 'weights'): reported, not fixed here", strict=False)
+def test_pack_program_places_conv_weights():
+    """The bench's weight image (written from docs/ARCHITECTURE.md) equals pack_program's."""
+    import numpy as np
+
+    from sw import layout
+    from tb.test_loader import LAYERS, make_program, weight_memory
+
+    prog = make_program(SMALL, LAYERS[:10], np.random.default_rng(0), prune=0.0)
+    image = layout.pack_program(prog)
+    assert np.array_equal(weight_memory(image, SMALL), image.weights)
