@@ -121,10 +121,8 @@ def make_input(layer, cfg, rng, mode, eps=3):
 def weight_memory(image, cfg):
     """The weight banks (C, depth, R) as docs/ARCHITECTURE.md ("Weights") places them.
 
-    fc rows are taken from ``pack_program``; conv words are written here from the layer's
-    weights, because ``pack_program`` writes them into a copy (``flat`` is not a view of
-    ``weights``) and leaves them zero (reported to the lead). Identical to ``image.weights``
-    once that is fixed.
+    fc rows are taken from ``pack_program``; conv words are placed here from the layer's
+    weights, independently of ``pack_program`` (tests/test_hw_loader.py checks they agree).
     """
     R, C = cfg.rows, cfg.cols
     mem = np.array(image.weights, copy=True)

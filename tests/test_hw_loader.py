@@ -45,8 +45,6 @@ def test_loader(sim, testcase):
     runner.test(build, "loader", "tb.test_loader", testcase=testcase, extra_env=env, seed=1)
 
 
-@pytest.mark.xfail(reason="sw/layout.pack_program writes conv weights into a copy ('flat' is "
-                          "not a view of 'weights'): reported, not fixed here", strict=False)
 def test_pack_program_places_conv_weights():
     """The bench's weight image (written from docs/ARCHITECTURE.md) equals pack_program's."""
     import numpy as np

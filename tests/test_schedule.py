@@ -171,3 +171,10 @@ def test_layout_refuses_what_does_not_fit():
     program = compile_model(model, torch.rand(1, 1, 12, 12), config=tiny)
     with pytest.raises(layout.LayoutError, match="activation words"):
         layout.plan(program)
+
+
+def test_binary_mode_is_refused_until_the_datapath_has_it():
+    program, _ = _random_program(3, SMALL)
+    program.layers[0].mode = "binary"
+    with pytest.raises(layout.LayoutError, match="mode 'binary' is not supported"):
+        layout.pack_program(program)
