@@ -7,7 +7,10 @@ executed word by word on the core's bus, and answered with one reply frame. Repl
 only from the core's responses.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+import functools
+import operator
+
+from amaranth.hdl import Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -24,12 +27,22 @@ _FRAME_BYTES = proto.HEADER + proto.MAX_PAYLOAD + proto.TRAILER
 _ARGS = 7          # region (1) | index (4) | count (2)
 
 
+# The CRC is linear over GF(2): each output bit is the XOR of the input bits whose one-hot
+# contribution (computed with the software CRC) has that bit set. Unrolling the bit-serial form
+# instead nests each step's value three times, 3**8 nodes per byte.
+_CRC_COLUMNS = [proto.crc16(b"\x00", 1 << k) for k in range(16)]
+_BYTE_COLUMNS = [proto.crc16(bytes([1 << k]), 0) for k in range(8)]
+
+
 def crc16_step(crc, byte):
-    """One byte of CRC-16/CCITT-FALSE, as combinational logic (mirrors ``sw.protocol.crc16``)."""
-    crc = crc ^ (byte << 8)
-    for _ in range(8):
-        crc = Mux(crc[15], (crc << 1) ^ 0x1021, crc << 1)[:16]
-    return crc
+    """One byte of CRC-16/CCITT-FALSE, as combinational logic (equal to ``sw.protocol.crc16``)."""
+    crc, byte = Value.cast(crc), Value.cast(byte)
+    bits = []
+    for i in range(16):
+        terms = ([crc[k] for k in range(16) if _CRC_COLUMNS[k] >> i & 1]
+                 + [byte[k] for k in range(8) if _BYTE_COLUMNS[k] >> i & 1])
+        bits.append(functools.reduce(operator.xor, terms))
+    return Cat(*bits)
 
 
 class HostInterface(wiring.Component):

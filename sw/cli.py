@@ -1,7 +1,7 @@
 """The ``tileskip`` command line.
 
     tileskip run --model demo-mnist --backend golden [--images N] [--epsilon E] [--no-skip]
-                 [--config NAME] [--json PATH]
+                 [--config NAME] [--json PATH] [--trace PATH]
 """
 
 import argparse
@@ -74,11 +74,30 @@ def print_report(report, program, out=None):
         vals = [lay["name"], desc, _fmt(lay["macs"]), _fmt(lay["ideal_cycles"]),
                 _fmt(lay["busy_cycles"]), flagged, slots, saved]
         print("  ".join(f"{v:>{w}}" for v, (_, w) in zip(vals, cols)), file=out)
+    total = report["totals"]
+    if total["busy_cycles"] is not None:
+        ratio = total["busy_cycles"] / total["ideal_cycles"]
+        print(f"busy cycles {total['busy_cycles']:,} = {ratio:.3f} × ideal "
+              f"({total['ideal_cycles']:,}); {total['issue_slots_skipped']:,} of "
+              f"{total['issue_slots']:,} slots skipped; "
+              f"{total['act_bytes_dense'] - total['act_bytes_read']:,} activation bytes not read",
+              file=out)
+    if "sim" in report:
+        s = report["sim"]
+        print(f"simulated {s['cycles']:,} cycles in {s['wall_s']:.2f} s: "
+              f"{s['cycles_per_s']:,.0f} cycles/s, {s['wall_s'] / report['images']:.4f} s per "
+              f"image (uploads and readback included)", file=out)
 
 
 def _run(args):
+    options = {}
+    if args.trace:
+        if args.backend != "sim":
+            raise ValueError("--trace needs --backend sim")
+        options["trace"] = args.trace
     report, program = evaluate(args.model, args.backend, images=args.images,
-                               epsilon=args.epsilon, skip=not args.no_skip, config=args.config)
+                               epsilon=args.epsilon, skip=not args.no_skip, config=args.config,
+                               backend_options=options)
     print_report(report, program)
     if args.json:
         with open(args.json, "w") as f:
@@ -99,6 +118,9 @@ def main(argv=None):
     run.add_argument("--no-skip", action="store_true", help="issue every MAC slot")
     run.add_argument("--config", default="default", choices=sorted(CONFIGS))
     run.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    run.add_argument("--trace", metavar="PATH",
+                     help="sim backend: write an FST waveform of the whole session (slow; "
+                          "use with a few --images)")
     args = ap.parse_args(argv)
     try:
         if args.command == "run":

@@ -65,7 +65,12 @@ class _Golden:
         return raw, schedule.network_stats(program, flags, skip=skip)
 
 
-BACKENDS = {"golden": _Golden}
+def _sim(**options):
+    from .sim import SimBackend  # the Verilated gateware (sw/sim.py); imports hw/ lazily
+    return SimBackend(**options)
+
+
+BACKENDS = {"golden": _Golden, "sim": _sim}
 
 
 class Accelerator:
@@ -89,4 +94,7 @@ class Accelerator:
             stats.update({"name": layer.name, "kind": layer.kind})
         raw = np.asarray(raw, dtype=np.int64)
         values = nx.dequantize(raw, program.output_scale)
-        return Result(values, raw, {"layers": layers, "totals": totals(layers)})
+        stats = {"layers": layers, "totals": totals(layers)}
+        if getattr(self.backend, "extra", None):
+            stats["extra"] = self.backend.extra   # backend-specific, e.g. {"sim": {...}}
+        return Result(values, raw, stats)

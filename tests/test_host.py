@@ -170,3 +170,27 @@ def test_oversize_frame_is_refused():
     (err, ok), _ = run_exchange(wire + proto.command(proto.Op.STATUS, 6), 2)
     assert err[0] == proto.Status.TOO_LONG
     assert ok[:2] == (proto.Status.OK, 6)
+
+
+def test_crc_step_equals_the_software_crc():
+    import random
+
+    from amaranth.hdl import Module, Signal
+
+    from hw.host import crc16_step
+
+    m = Module()
+    c, b, o = Signal(16), Signal(8), Signal(16)
+    m.d.comb += o.eq(crc16_step(c, b))
+    sim = Simulator(m)
+
+    async def bench(ctx):
+        rng = random.Random(1)
+        for cv, bv in [(0xFFFF, 0), (0, 0xFF), (0x8000, 0x80)] + [
+                (rng.randrange(1 << 16), rng.randrange(256)) for _ in range(300)]:
+            ctx.set(c, cv)
+            ctx.set(b, bv)
+            assert ctx.get(o) == proto.crc16(bytes([bv]), cv), (cv, bv)
+
+    sim.add_testbench(bench)
+    sim.run()

@@ -1,0 +1,50 @@
+"""The whole device as a simulator or a board sees it: the host interface in front of the core.
+
+``Top(config)`` has one byte stream in (``rx``), one out (``tx``) and a ``busy`` flag; it is what
+``sw/sim.py`` verilates, and what a board wrapper puts behind a UART.
+"""
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .core import Core
+from .host import HostInterface
+
+__all__ = ["Top"]
+
+
+class Top(wiring.Component):
+    """Host interface + core.
+
+    Members
+    -------
+    rx : In(stream.Signature(8))
+        Command bytes (framed as in ``sw/protocol.py``).
+    tx : Out(stream.Signature(8))
+        Reply bytes.
+    busy : Out(1)
+        The device has work in hand that needs no further input: a run is in progress, or the
+        host interface is checking, executing or answering a frame (it is not waiting for
+        bytes), or a reply byte is waiting. A simulator may stop clocking while it is low and no
+        input is pending; nothing changes then.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "tx": Out(stream.Signature(8)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.host = host = HostInterface(self.config)
+        m.submodules.core = core = Core(self.config)
+        wiring.connect(m, host.cmd, core.cmd)
+        wiring.connect(m, core.rsp, host.rsp)
+        wiring.connect(m, wiring.flipped(self.rx), host.rx)
+        wiring.connect(m, host.tx, wiring.flipped(self.tx))
+        m.d.comb += self.busy.eq(core.busy | ~host.rx.ready | host.tx.valid)
+        return m

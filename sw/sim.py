@@ -1,0 +1,670 @@
+"""The ``sim`` backend: the gateware, verilated, behind the host protocol.
+
+* :func:`build_sim` generates ``hw.top.Top``'s Verilog and compiles it with the C++ harness
+  ``tb/harness/harness.cpp`` into ``build/sim/<key>/harness`` (cached by the configuration, the
+  Verilog text, the harness source and the trace flag; a file lock serialises builds).
+* :class:`Device` is the host driver of ``sw/protocol.py`` over a byte transport (the harness'
+  pipes here; a serial port offers the same ``write``/``read`` and drives the same class).
+* :class:`SimBackend` is ``Accelerator("sim")``: it uploads a program once, then per image
+  writes the input, runs, and reads the outputs and the hardware counters back. Results come
+  only from the device's read replies.
+"""
+
+import collections
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import layout, schedule
+from . import numerics as nx
+from . import protocol as proto
+from .layout import COUNTERS, Region
+from .protocol import Op, ProtocolError, Status
+
+__all__ = ["build_sim", "Device", "PipeTransport", "SimProcess", "SimBackend", "ProtocolError",
+           "BuildError", "HARNESS"]
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The C++ harness source.
+HARNESS = ROOT / "tb" / "harness" / "harness.cpp"
+#: Where the builds go (``$TILESKIP_BUILD_DIR`` overrides ``<repo>/build``).
+BUILD_DIR = Path(os.environ.get("TILESKIP_BUILD_DIR", ROOT / "build")) / "sim"
+
+#: Verilator options: see ``tb/runner.py`` for why each is there.
+VERILATOR_ARGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
+                  "-Wno-WIDTHEXPAND", "--output-split", "5000")
+#: C++ optimisation of the model, the Verilator runtime and the harness (make's OPT_FAST and
+#: OPT_GLOBAL, default -Os, and -CFLAGS for the harness, which make compiles with both).
+CXX_OPT = "-O2"
+JOBS = 2
+
+
+class BuildError(RuntimeError):
+    """The Verilator build of the simulator failed."""
+
+
+# -- build ------------------------------------------------------------------------------------
+
+def _top(config):
+    from hw.top import Top
+    return Top(config)
+
+
+def _verilog(config):
+    from hw.build import verilog
+    return verilog(_top(config), "top")
+
+
+def _verilator_version():
+    import importlib.metadata
+    try:
+        return importlib.metadata.version("verilator")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _key(config, verilog, trace):
+    h = hashlib.sha256()
+    for part in (config.key(), verilog, HARNESS.read_text(), f"trace={bool(trace)}",
+                 json.dumps([VERILATOR_ARGS, CXX_OPT, _verilator_version()])):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _lock(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _have_header(name):
+    res = subprocess.run(["c++", "-x", "c++", "-E", "-"], input=f"#include <{name}>\n",
+                         capture_output=True, text=True)
+    return res.returncode == 0
+
+
+def build_sim(config, trace=False, *, log=None):
+    """Build the simulator of ``config`` (``trace``: with FST tracing); return the binary.
+
+    The build directory is keyed by the configuration, the Verilog text, the harness source and
+    the trace flag; a finished build is reused. When no Python source under ``hw/`` or ``sw/``
+    changed since, the Verilog is not even generated (that takes ~8 s for the default
+    configuration). ``log`` (a callable) hears about a build being started.
+    """
+    # Fast path: the same Python sources built before (generating the Verilog takes seconds).
+    index = BUILD_DIR / "index" / f"{_source_key(config, trace)}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        out = BUILD_DIR / json.loads(index.read_text())["key"]
+        if (out / "done.json").is_file() and (out / "harness").is_file():
+            return out / "harness"
+    text = _verilog(config)
+    key = _key(config, text, trace)
+    out = BUILD_DIR / key
+    binary = out / "harness"
+    stamp = out / "done.json"
+    if stamp.is_file() and binary.is_file():
+        _write_index(index, key)
+        return binary
+    with _lock(BUILD_DIR / f"{key}.lock"):
+        if stamp.is_file() and binary.is_file():
+            return binary      # built by someone else while we waited
+        if log:
+            log(f"building the simulator in {out} (a few minutes)")
+        from tb.runner import _build_lock, ensure_verilator
+        ensure_verilator()
+        if trace and not _have_header("lz4.h"):
+            raise BuildError("FST tracing needs the LZ4 headers and library, which Verilator's "
+                             "FST writer links (Debian/Ubuntu: apt-get install liblz4-dev)")
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / "top.v").write_text(text)
+        shutil.copy(HARNESS, out / "harness.cpp")
+        cmd = ["verilator", "--cc", "--exe", "--build", *VERILATOR_ARGS,
+               "--top-module", "top", "--prefix", "Vtop", "--Mdir", str(out / "obj"),
+               "-o", str(binary), "-j", str(JOBS), "-CFLAGS", CXX_OPT,
+               "--MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
+               "--MAKEFLAGS", f"OPT_FAST={CXX_OPT}", "--MAKEFLAGS", f"OPT_GLOBAL={CXX_OPT}",
+               "--MAKEFLAGS", f"PYTHON3={sys.executable}"]
+        if trace:
+            cmd += ["--trace-fst", "--trace-structs"]
+        cmd += [str(out / "top.v"), str(out / "harness.cpp")]
+        with _build_lock(), open(out / "build.log", "w") as logf:
+            t0 = time.monotonic()        # after waiting for another build
+            logf.write(" ".join(cmd) + "\n")
+            logf.flush()
+            res = subprocess.run(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=out)
+        seconds = time.monotonic() - t0
+        if res.returncode != 0 or not binary.is_file():
+            tail = "".join((out / "build.log").read_text(errors="replace")
+                           .splitlines(True)[-40:])
+            raise BuildError(f"Verilator build of the simulator failed ({res.returncode}); "
+                             f"log {out / 'build.log'}:\n{tail}")
+        stamp.write_text(json.dumps({"config": config.to_dict(), "trace": bool(trace),
+                                     "build_s": round(seconds, 1)}, indent=1) + "\n")
+    _write_index(index, key)
+    return binary
+
+
+def _source_key(config, trace):
+    """Hash of everything the Verilog is generated from: the configuration, the Python
+    sources of hw/ and sw/, the amaranth version, plus the harness and build options."""
+    import importlib.metadata
+    h = hashlib.sha256()
+    for path in sorted([*(ROOT / "hw").glob("*.py"), *(ROOT / "sw").glob("*.py")]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for part in (config.key(), HARNESS.read_text(), f"trace={bool(trace)}",
+                 importlib.metadata.version("amaranth"),
+                 json.dumps([VERILATOR_ARGS, CXX_OPT, _verilator_version()])):
+        h.update(part.encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def _write_index(index, key):
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_name(index.name + f".{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key}) + "\n")
+    tmp.replace(index)
+
+
+# -- transport --------------------------------------------------------------------------------
+
+class PipeTransport:
+    """Bytes to and from a child process' stdin/stdout.
+
+    ``write`` never blocks on a full pipe while the child waits for us to read: what arrives
+    meanwhile is kept for ``read``. A serial port wrapper needs the same two methods.
+    """
+
+    def __init__(self, proc):
+        self.proc = proc
+        self._wfd = proc.stdin.fileno()
+        self._rfd = proc.stdout.fileno()
+        os.set_blocking(self._wfd, False)
+        self._pending = bytearray()
+        self.closed = False
+
+    def write(self, data):
+        view = memoryview(bytes(data))
+        while view:
+            r, w, _ = select.select([self._rfd], [self._wfd], [], 1.0)
+            if r:
+                self._fill()
+            if w:
+                try:
+                    n = os.write(self._wfd, view)
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    raise ProtocolError("the simulator has exited") from None
+                view = view[n:]
+            if not (r or w) and self.proc.poll() is not None:
+                raise ProtocolError("the simulator has exited")
+
+    def _fill(self):
+        chunk = os.read(self._rfd, 1 << 16)
+        if not chunk:
+            self.closed = True
+        self._pending += chunk
+
+    def read(self, timeout):
+        """Whatever bytes are available, waiting up to ``timeout`` s (None: forever) for
+        some; ``b""`` on a timeout. Raises :class:`ProtocolError` when the child has gone."""
+        if not self._pending and not self.closed:
+            r, _, _ = select.select([self._rfd], [], [], timeout)
+            if r:
+                self._fill()
+        if not self._pending and self.closed:
+            raise ProtocolError("the simulator closed its output (it has exited)")
+        data, self._pending = bytes(self._pending), bytearray()
+        return data
+
+
+# -- the host driver --------------------------------------------------------------------------
+
+class Device:
+    """The accelerator behind the framed protocol of ``sw/protocol.py``.
+
+    Every command gets a fresh sequence number (1 … 255); replies with other numbers (strays,
+    errors of garbage frames) are skipped. An error reply to our own command raises
+    :class:`ProtocolError` with its :class:`~sw.protocol.Status` (``.status``) and name.
+    """
+
+    #: Most commands in flight at once (sequence numbers in flight must be distinct).
+    WINDOW = 96
+
+    def __init__(self, transport, *, timeout=30.0, run_timeout=None):
+        self.transport = transport
+        self.timeout = timeout
+        self.run_timeout = run_timeout
+        self._seq = 0
+        self._deframer = proto.Deframer()
+        self._frames = []
+        self.skipped = []         # (status, seq, payload) of replies nobody waited for
+        self._inflight = set()    # seqs sent and not yet collected
+        self._early = {}          # seq → (status, payload) arrived before its collect()
+        self._config = None
+
+    # -- framing --
+    def next_seq(self):
+        self._seq = self._seq % 255 + 1
+        return self._seq
+
+    def read_reply(self, timeout=None):
+        """The next reply frame as (status, seq, payload); raises on a timeout."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._frames:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            data = self.transport.read(left)
+            if data:
+                self._frames += self._deframer.feed(data)
+            elif deadline is not None and time.monotonic() >= deadline:
+                raise ProtocolError(f"no reply from the device within {timeout} s")
+        return proto.parse_reply(self._frames.pop(0))
+
+    def drain(self, quiet=0.2):
+        """Skip every reply that arrives until the device has been quiet for ``quiet`` s."""
+        while True:
+            try:
+                self.skipped.append(self.read_reply(timeout=quiet))
+            except ProtocolError as e:
+                if "no reply" in str(e):
+                    return
+                raise
+
+    def send(self, commands):
+        """Send ``[(op, payload), …]`` back to back (at most :data:`WINDOW` in flight in
+        all); return a ticket for :meth:`collect`."""
+        if len(self._inflight) + len(commands) > self.WINDOW:
+            raise ValueError(f"more than {self.WINDOW} commands in flight")
+        ticket, wire = [], bytearray()
+        for op, payload in commands:
+            seq = self.next_seq()
+            ticket.append((op, seq))
+            self._inflight.add(seq)
+            wire += proto.command(op, seq, payload)
+        self.transport.write(wire)
+        return ticket
+
+    def collect(self, ticket, timeouts=None):
+        """The reply payloads of a ticket from :meth:`send`; raises :class:`ProtocolError`
+        for the first error reply, after every reply of the ticket has arrived."""
+        got = {}
+        try:
+            for i, (_, seq) in enumerate(ticket):
+                timeout = self.timeout if timeouts is None else timeouts[i]
+                while seq not in got:
+                    if seq in self._early:
+                        got[seq] = self._early.pop(seq)
+                        break
+                    status, rseq, payload = self.read_reply(timeout)
+                    if rseq == seq:
+                        got[seq] = (status, payload)
+                    elif rseq in self._inflight and rseq not in self._early:
+                        self._early[rseq] = (status, payload)   # another ticket's
+                    else:
+                        self.skipped.append((status, rseq, payload))
+        finally:
+            for _, seq in ticket:
+                self._inflight.discard(seq)
+                if seq not in got:
+                    self._early.pop(seq, None)
+        for op, seq in ticket:
+            status, _ = got[seq]
+            if status != Status.OK:
+                name = Op(op).name if op in Op._value2member_map_ else f"op {op:#x}"
+                raise ProtocolError(f"{name} (seq {seq}) failed: {status.name}", status)
+        return [got[seq][1] for _, seq in ticket]
+
+    def abandon(self):
+        """Forget the commands in flight (after an error): their replies will be skipped."""
+        self._inflight.clear()
+        self._early.clear()
+
+    def transact(self, commands, timeouts=None):
+        """Send commands and collect their replies (in windows of :data:`WINDOW`)."""
+        out = []
+        for i in range(0, len(commands), self.WINDOW):
+            part = slice(i, i + self.WINDOW)
+            out += self.collect(self.send(commands[part]),
+                                None if timeouts is None else timeouts[part])
+        return out
+
+    def request(self, op, payload=b"", timeout=None):
+        return self.transact([(op, payload)], None if timeout is None else [timeout])[0]
+
+    # -- commands --
+    def info(self):
+        """(HW_VERSION, Config) the device reports."""
+        payload = self.request(Op.INFO)
+        words = struct.unpack(f"<{len(payload) // 4}I", payload)
+        self._config = layout.config_from_words(list(words[1:]))
+        return words[0], self._config
+
+    @property
+    def config(self):
+        if self._config is None:
+            self.info()
+        return self._config
+
+    def _width(self, region):
+        return proto.word_bytes(layout.region_map(self.config)[Region(region)][0])
+
+    def write_commands(self, region, index, words):
+        """WRITE commands (op, payload) for ``words``: ints, or a uint8 array (n, word bytes)
+        of their little-endian bytes; split into frames of at most MAX_PAYLOAD."""
+        wb = self._width(region)
+        if isinstance(words, np.ndarray) and words.ndim == 2:
+            raw = np.ascontiguousarray(words, dtype=np.uint8)
+            if raw.shape[1] != wb:
+                raise ValueError(f"words of {raw.shape[1]} bytes, region {Region(region).name} "
+                                 f"has {wb}")
+            n = len(raw)
+            data = raw.tobytes()
+        else:
+            words = [int(w) for w in words]
+            n = len(words)
+            data = b"".join(w.to_bytes(wb, "little") for w in words)
+        per = (proto.MAX_PAYLOAD - 7) // wb
+        cmds = []
+        for i in range(0, n, per):
+            k = min(per, n - i)
+            cmds.append((Op.WRITE, struct.pack("<BIH", int(region), index + i, k)
+                         + data[i * wb:(i + k) * wb]))
+        return cmds
+
+    def read_commands(self, region, index, count):
+        per = proto.MAX_PAYLOAD // self._width(region)
+        return [(Op.READ, struct.pack("<BIH", int(region), index + i, min(per, count - i)))
+                for i in range(0, count, per)]
+
+    def write(self, region, index, words):
+        self.transact(self.write_commands(region, index, words))
+
+    def read_bytes(self, region, index, count):
+        """Words as a uint8 array (count, word bytes)."""
+        payloads = self.transact(self.read_commands(region, index, count))
+        wb = self._width(region)
+        return np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(count, wb)
+
+    def read(self, region, index, count):
+        raw = self.read_bytes(region, index, count)
+        return [int.from_bytes(r.tobytes(), "little") for r in raw]
+
+    def run(self, layers, skip, epsilon, timeout=None):
+        """Run ``layers`` layers; the status word (as a dict) once the run has finished."""
+        word = layout.run_word(layers, skip, epsilon)
+        payload = self.request(Op.RUN, struct.pack("<I", word),
+                               timeout=self.run_timeout if timeout is None else timeout)
+        return layout.unpack_status(int.from_bytes(payload, "little"))
+
+    def status(self):
+        return layout.unpack_status(int.from_bytes(self.request(Op.STATUS), "little"))
+
+
+# -- the simulator process --------------------------------------------------------------------
+
+class SimProcess:
+    """A running simulator (``build_sim``'s binary) and a :class:`Device` on its pipes."""
+
+    def __init__(self, binary, *, trace=None, timeout=30.0, run_timeout=None):
+        args = [str(binary)]
+        if trace:
+            args += ["--trace-fst", str(trace)]
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, bufsize=0)
+        self.device = Device(PipeTransport(self.proc), timeout=timeout, run_timeout=run_timeout)
+        self.cycles = None
+
+    def stderr(self):
+        """What the simulator has written on stderr (its cycle count once it has ended)."""
+        if self._stderr.closed:
+            return self._stderr_text
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def close(self, timeout=30.0):
+        """End the simulation (EOF on its input); return its exit status."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for line in self.stderr().splitlines():
+            if line.startswith("cycles "):
+                self.cycles = int(line.split()[1])
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()
+        if not self._stderr.closed:
+            self._stderr_text = self.stderr()
+            self._stderr.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# -- the backend ------------------------------------------------------------------------------
+
+def _static_stats(program):
+    """Per-image counts the hardware does not keep (macs, ideal cycles, tiles, dense bytes)."""
+    tile = program.config.tile
+    flags = [nx.tile_flags(np.zeros((1,) + tuple(layer.in_shape), dtype=np.int64),
+                           nx.layer_tile(layer.kind, tile), 0) & False
+             for layer in program.layers]
+    return schedule.network_stats(program, flags, skip=False)
+
+
+def _image_digest(image):
+    h = hashlib.sha256(image.weights.tobytes())
+    h.update(repr((image.masks, image.params, image.descriptors)).encode())
+    return h.hexdigest()
+
+
+def _word_bytes(values, nbytes):
+    """Python ints → uint8 array (n, nbytes), little-endian."""
+    return np.frombuffer(b"".join(int(v).to_bytes(nbytes, "little") for v in values),
+                         dtype=np.uint8).reshape(len(values), nbytes)
+
+
+class SimBackend:
+    """``Accelerator("sim", trace=None, progress=None)``.
+
+    ``trace``: path of an FST trace of the whole session (builds the tracing simulator).
+    ``progress``: show a progress bar over the images (None: when stderr is a terminal).
+    ``device``: a :class:`Device` to run on (e.g. one on a serial port, or a running
+    :class:`SimProcess`' device) instead of building and starting a simulator.
+    The simulator process lives as long as the backend (:meth:`close`), and a program is
+    uploaded once for as many runs as use it.
+    """
+
+    name = "sim"
+
+    def __init__(self, trace=None, progress=None, timeout=60.0, run_timeout=None, device=None):
+        self.device = device      # a Device to use instead of a simulator of our own
+        self.trace = trace
+        self.progress = progress
+        self.timeout = timeout
+        self.run_timeout = run_timeout
+        self._sim = None
+        self._sim_config = None
+        self._uploaded = None
+        self.extra = None
+        self.build_s = None
+
+    def _log(self, msg):
+        print(f"tileskip: {msg}", file=sys.stderr, flush=True)
+
+    def _process(self, config):
+        if self._sim is not None and self._sim_config == config and self._sim.proc.poll() is None:
+            return self._sim
+        self.close()
+        t0 = time.monotonic()
+        binary = build_sim(config, trace=bool(self.trace), log=self._log)
+        self.build_s = time.monotonic() - t0
+        self._sim = SimProcess(binary, trace=self.trace, timeout=self.timeout,
+                               run_timeout=self.run_timeout)
+        self._sim_config = config
+        self._uploaded = None
+        return self._sim
+
+    def close(self):
+        if self._sim is not None:
+            self._sim.close()
+            self._sim = None
+            self._uploaded = None
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def _check(self, dev, config):
+        version, hw = dev.info()
+        want = layout.config_words(config)
+        got = layout.config_words(hw)
+        if version != layout.HW_VERSION or want != got:
+            names = layout._REPORTED
+            diff = ", ".join(f"{n} {w} vs {g}" for n, w, g in zip(names, want, got) if w != g)
+            raise ProtocolError(
+                f"the device (HW_VERSION {version}, {dict(zip(names, got))}) does not match the "
+                f"program (HW_VERSION {layout.HW_VERSION}, {dict(zip(names, want))})"
+                + (f": program vs device {diff}" if diff else ""))
+
+    def _upload(self, dev, program):
+        cfg = program.config
+        image = layout.pack_program(program)
+        digest = (id(dev), _image_digest(image))
+        if self._uploaded == digest:
+            return image
+        R, C = cfg.rows, cfg.cols
+        regions = layout.region_map(cfg)
+        used = max(p.desc["wbase"] + p.weight_words for p in image.plans)
+        used = -(-used // C) * C
+        flat = image.weights.transpose(1, 0, 2).reshape(-1, R)[:used]
+        cmds = dev.write_commands(Region.WEIGHT, 0, flat.view(np.uint8))
+        for region, values in ((Region.MASK, image.masks), (Region.PARAM, image.params),
+                               (Region.DESC, image.descriptors)):
+            wb = proto.word_bytes(regions[region][0])
+            cmds += dev.write_commands(region, 0, _word_bytes(values, wb))
+        dev.transact(cmds)
+        self._uploaded = digest
+        return image
+
+    def run(self, program, xq, skip):
+        cfg = program.config
+        dev = self.device if self.device is not None else self._process(cfg).device
+        t0 = time.monotonic()
+        self._check(dev, cfg)
+        image = self._upload(dev, program)
+        plans = image.plans
+        L, NB = len(plans), cfg.act_banks
+        words, flags, flagged = layout.pack_input(program, xq)
+        n = len(words)
+        in_n = -(-plans[0].in_words // NB) * NB
+        out_n = -(-plans[-1].out_words // NB) * NB
+        out_region = Region.ACT0 if L % 2 == 0 else Region.ACT1
+        ncount = L * len(COUNTERS)
+        outputs = np.zeros((n, cfg.act_words, cfg.cols), dtype=np.int8)
+        counts = np.zeros((n, L, len(COUNTERS)), dtype=np.int64)
+        cycles = 0
+        run_word = struct.pack("<I", layout.run_word(L, skip, program.epsilon))
+        images = range(n)
+        bar = None
+        if n > 1 and self.progress is not False:
+            from tqdm import tqdm
+            bar = tqdm(total=n, unit="img", desc="sim", leave=False,
+                       disable=None if self.progress is None else False)
+        reads_out = dev.read_commands(out_region, 0, out_n)
+        reads_count = dev.read_commands(Region.COUNT, 0, ncount)
+        def commands(i):
+            cmds = dev.write_commands(Region.ACT0, 0, words[i, :in_n].view(np.uint8))
+            cmds += dev.write_commands(Region.FLAG0, 0, flags[i, :in_n].astype(np.uint8)[:, None])
+            k_run = len(cmds)
+            cmds.append((Op.RUN, run_word))
+            cmds += reads_out + reads_count
+            timeouts = [self.timeout] * len(cmds)
+            timeouts[k_run] = self.run_timeout
+            return cmds, k_run, timeouts
+
+        def finish(i, replies, k_run):
+            nonlocal cycles
+            status = layout.unpack_status(int.from_bytes(replies[k_run], "little"))
+            if status["error"] or not status["done"] or status["busy"]:
+                raise ProtocolError(f"image {i}: the run ended with status {status}")
+            cycles += status["cycles"]
+            rest = b"".join(replies[k_run + 1:])
+            ob = out_n * cfg.cols
+            outputs[i, :out_n] = np.frombuffer(rest[:ob], dtype=np.int8).reshape(out_n, -1)
+            counts[i] = np.frombuffer(rest[ob:], dtype="<u4").reshape(L, len(COUNTERS))
+            if bar is not None:
+                bar.update()
+
+        # Two images in flight: the device starts on the next image while we unpack one.
+        inflight = collections.deque()
+        try:
+            for i in images:
+                cmds, k_run, timeouts = commands(i)
+                if 2 * len(cmds) > dev.WINDOW:
+                    finish(i, dev.transact(cmds, timeouts), k_run)
+                    continue
+                inflight.append((i, dev.send(cmds), k_run, timeouts))
+                if len(inflight) == 2:
+                    j, ticket, k, t = inflight.popleft()
+                    finish(j, dev.collect(ticket, t), k)
+            while inflight:
+                j, ticket, k, t = inflight.popleft()
+                finish(j, dev.collect(ticket, t), k)
+        except BaseException:
+            dev.abandon()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        wall = time.monotonic() - t0
+        raw = layout.unpack_output(program, outputs)
+        total = counts.sum(axis=0)       # (L, counters)
+        col = {name: i for i, name in enumerate(COUNTERS)}
+        layers = []
+        for li, static in enumerate(_static_stats(program)):
+            hw = {name: int(total[li, col[name]]) for name in COUNTERS}
+            layers.append({
+                "macs": static["macs"] * n,
+                "ideal_cycles": static["ideal_cycles"] * n,
+                "act_tiles": static["act_tiles"] * n,
+                "act_tiles_flagged": (int(flagged.sum()) if li == 0 else
+                                      int(total[li - 1, col["out_tiles_flagged"]])),
+                "act_bytes_dense": static["act_bytes_dense"] * n,
+                "act_bytes_read": hw["act_bytes_read"],
+                "weight_bytes_read": hw["weight_bytes_read"],
+                "issue_slots": hw["issue_slots"],
+                "issue_slots_skipped": hw["issue_slots_skipped"],
+                "busy_cycles": hw["busy_cycles"],
+            })
+        self.extra = {"sim": {"cycles": int(cycles), "wall_s": round(wall, 3),
+                              "cycles_per_s": round(cycles / wall) if wall > 0 else None}}
+        return raw, layers
