@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test sim bench-ptq train clean
+.PHONY: test sim bench bench-ptq tiles synth train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,19 @@ test: $(STAMP)
 	$(PY) -m ruff check sw hw tb tests scripts
 	PYTHONWARNINGS=error $(PY) -m pytest -q
 
+# The demo network on the Verilated accelerator (the first run builds the simulator).
 sim: $(STAMP)
-	$(VENV)/bin/tileskip run --model demo-mnist --backend golden
+	$(VENV)/bin/tileskip run --model demo-mnist --backend sim --json build/sim.json
+
+# Benchmarks write results/*.json and the README's results section.
+bench: $(STAMP)
+	$(PY) scripts/bench.py
+
+tiles: $(STAMP)
+	$(PY) scripts/tile_study.py
+
+synth: $(STAMP)
+	$(PY) scripts/synth_core.py
 
 bench-ptq: $(STAMP)
 	$(PY) scripts/bench_ptq.py
