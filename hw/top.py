@@ -4,7 +4,7 @@
 ``sw/sim.py`` verilates, and what a board wrapper puts behind a UART.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockDomain, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,18 +28,30 @@ class Top(wiring.Component):
         host interface is checking, executing or answering a frame (it is not waiting for
         bytes), or a reply byte is waiting. A simulator may stop clocking while it is low and no
         input is pending; nothing changes then.
+
+    With ``reset_less=True`` (the simulator's build) the ``sync`` domain is defined inside, with
+    no reset: the only domain port is ``clk`` and every register starts from its initial value.
+    Without a reset input, Verilator does not re-evaluate all the next-state logic (which
+    otherwise depends on ``rst``) on every ``eval()``, which nearly halves the cost of a cycle.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, *, reset_less=False):
         self.config = config
-        super().__init__({
+        self.reset_less = reset_less
+        members = {
             "rx": In(stream.Signature(8)),
             "tx": Out(stream.Signature(8)),
             "busy": Out(1),
-        })
+        }
+        if reset_less:
+            members["clk"] = In(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
+        if self.reset_less:
+            m.domains.sync = sync = ClockDomain("sync", reset_less=True)
+            m.d.comb += sync.clk.eq(self.clk)
         m.submodules.host = host = HostInterface(self.config)
         m.submodules.core = core = Core(self.config)
         wiring.connect(m, host.cmd, core.cmd)

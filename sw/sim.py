@@ -47,7 +47,8 @@ VERILATOR_ARGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fata
                   "-Wno-WIDTHEXPAND", "--output-split", "5000")
 #: C++ optimisation of the model, the Verilator runtime and the harness (make's OPT_FAST and
 #: OPT_GLOBAL, default -Os, and -CFLAGS for the harness, which make compiles with both).
-CXX_OPT = "-O2"
+#: -O3 is ~5% faster than -O2 on the default configuration (portable: no -march).
+CXX_OPT = "-O3"
 JOBS = 2
 
 
@@ -59,7 +60,9 @@ class BuildError(RuntimeError):
 
 def _top(config):
     from hw.top import Top
-    return Top(config)
+    # No reset port: Verilator would re-evaluate every register's next-state logic (all of it
+    # depends on ``rst``) in each eval(); the registers' initial values are their reset values.
+    return Top(config, reset_less=True)
 
 
 def _verilog(config):

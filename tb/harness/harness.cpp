@@ -39,6 +39,13 @@
 
 static const uint8_t FLAG = 0x7E;
 
+// Drive the reset port if the design has one (sw/sim.py builds Top without: its registers start
+// from their initial values, which are their reset values).
+template <class T>
+static auto set_rst(T* top, int v, int) -> decltype(top->rst = v, void()) { top->rst = v; }
+template <class T>
+static void set_rst(T*, int, long) {}
+
 static bool write_all(const uint8_t* p, size_t n) {
     while (n) {
         ssize_t k = write(1, p, n);
@@ -107,11 +114,11 @@ int main(int argc, char** argv) {
         ++cycles;
     };
 
-    top->rst = 1;
+    set_rst(top.get(), 1, 0);
     top->RX_VALID = 0;
     top->TX_READY = 1;
     for (int i = 0; i < 4; ++i) tick();
-    top->rst = 0;
+    set_rst(top.get(), 0, 0);
     top->clk = 0;
     top->eval();
 
