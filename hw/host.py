@@ -171,18 +171,23 @@ class HostInterface(wiring.Component):
         cmd = self.cmd.payload
         info_words = 1 + len(layout.config_words(cfg))
 
-        def send(m, value, next_state):
-            """Send one body byte (stuffed) and go on."""
-            m.d.comb += tx_byte.eq(value)
-            with m.If(self.tx.ready):
-                with m.If(((value == proto.FLAG) | (value == proto.ESC)) & ~tx_stuffed):
-                    m.d.sync += tx_stuffed.eq(1)
-                with m.Else():
-                    m.d.sync += [tx_stuffed.eq(0), tx_crc.eq(crc16_step(tx_crc, value))]
-                    m.next = next_state
-
         stuffing = Signal()
         m.d.comb += stuffing.eq(((tx_byte == proto.FLAG) | (tx_byte == proto.ESC)) & ~tx_stuffed)
+
+        def send(m, value, next_state, *, sent=(), last=True):
+            """Send one body byte, escaped if it must be; once it is out, do ``sent`` and, if
+            ``last``, go to ``next_state``. The checksum covers the unescaped byte."""
+            m.d.comb += [tx_byte.eq(value), self.tx.valid.eq(1),
+                         self.tx.payload.eq(Mux(stuffing, proto.ESC,
+                                                tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
+            with m.If(self.tx.ready):
+                with m.If(stuffing):
+                    m.d.sync += tx_stuffed.eq(1)
+                with m.Else():
+                    m.d.sync += [tx_stuffed.eq(0), tx_crc.eq(crc16_step(tx_crc, value)),
+                                 *sent]
+                    with m.If(last):
+                        m.next = next_state
 
         with m.FSM():
             with m.State("RECEIVE"):
@@ -333,10 +338,6 @@ class HostInterface(wiring.Component):
                                       ("SEND_LEN0", rlen[:8], "SEND_LEN1"),
                                       ("SEND_LEN1", rlen[8:], "PAYLOAD")):
                 with m.State(state):
-                    m.d.comb += [self.tx.valid.eq(1),
-                                 self.tx.payload.eq(Mux(stuffing, proto.ESC,
-                                                        tx_byte ^ Mux(tx_stuffed,
-                                                                      proto.ESC_XOR, 0)))]
                     send(m, value, nxt)
             with m.State("PAYLOAD"):
                 # Reads, INFO and STATUS fetch each word from the core as its bytes are due.
@@ -375,19 +376,8 @@ class HostInterface(wiring.Component):
                         m.d.comb += nbytes.eq(8)
                     with m.Default():
                         m.d.comb += nbytes.eq(wb)
-                value = word.word_select(bi, 8)
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(Mux(stuffing, proto.ESC,
-                                                    tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
-                m.d.comb += tx_byte.eq(value)
-                with m.If(self.tx.ready):
-                    with m.If(stuffing):
-                        m.d.sync += tx_stuffed.eq(1)
-                    with m.Else():
-                        m.d.sync += [tx_stuffed.eq(0), tx_crc.eq(crc16_step(tx_crc, value)),
-                                     bi.eq(bi + 1)]
-                        with m.If(bi + 1 == nbytes):
-                            m.next = "NEXT_WORD"
+                send(m, word.word_select(bi, 8), "NEXT_WORD", sent=[bi.eq(bi + 1)],
+                     last=bi + 1 == nbytes)
             with m.State("NEXT_WORD"):
                 with m.If(op == proto.Op.RUN):
                     m.next = "SEND_CRC0"
@@ -395,27 +385,10 @@ class HostInterface(wiring.Component):
                     m.next = "FETCH"
             crc_hi = Signal(8)
             with m.State("SEND_CRC0"):
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(Mux(stuffing, proto.ESC,
-                                                    tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
-                m.d.comb += tx_byte.eq(tx_crc[:8])
-                with m.If(self.tx.ready):
-                    with m.If(stuffing):
-                        m.d.sync += tx_stuffed.eq(1)
-                    with m.Else():
-                        m.d.sync += [tx_stuffed.eq(0), crc_hi.eq(tx_crc[8:])]
-                        m.next = "SEND_CRC1"
+                # The running checksum moves on as this byte goes out: keep its high byte.
+                send(m, tx_crc[:8], "SEND_CRC1", sent=[crc_hi.eq(tx_crc[8:])])
             with m.State("SEND_CRC1"):
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(Mux(stuffing, proto.ESC,
-                                                    tx_byte ^ Mux(tx_stuffed, proto.ESC_XOR, 0)))]
-                m.d.comb += tx_byte.eq(crc_hi)
-                with m.If(self.tx.ready):
-                    with m.If(stuffing):
-                        m.d.sync += tx_stuffed.eq(1)
-                    with m.Else():
-                        m.d.sync += tx_stuffed.eq(0)
-                        m.next = "END"
+                send(m, crc_hi, "END")
             with m.State("END"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(proto.FLAG)]
                 with m.If(self.tx.ready):

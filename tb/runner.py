@@ -79,6 +79,7 @@ __all__ = [
     "verilator_env",
     "ensure_verilator",
     "build",
+    "build_component",
     "test",
 ]
 
@@ -398,3 +399,13 @@ def test(runner, toplevel, test_module, testcase=None, extra_env=None, *, seed=N
     if status not in (0, None):
         raise CocotbFailure(f"{test_module}: the simulator exited with status {status}")
     return results
+
+
+def build_component(component, toplevel, config, **kwargs):
+    """Generate ``component``'s Verilog into ``build/tb_<toplevel>/<config hash>/`` and
+    :func:`build` it there: one build per hardware configuration, reused while unchanged."""
+    from hw.build import write_verilog
+    key = hashlib.sha256(config.key().encode()).hexdigest()[:12]
+    build_dir = Path(__file__).resolve().parents[1] / "build" / f"tb_{toplevel}" / key
+    src = write_verilog(component, toplevel, build_dir)
+    return build(toplevel, [src], build_dir, **kwargs)

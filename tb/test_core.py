@@ -196,12 +196,18 @@ async def check_program(bus, program, x, skip):
     return all_counts
 
 
-@cocotb.test()
-async def test_random_networks(dut):
+async def start(dut):
+    """Clock the core; return (config, seed, bus)."""
     cfg, seed = config_from_env()
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     bus = Bus(dut, cfg)
     await RisingEdge(dut.clk)
+    return cfg, seed, bus
+
+
+@cocotb.test()
+async def test_random_networks(dut):
+    cfg, seed, bus = await start(dut)
     rng = random.Random(seed)
     for trial in range(4):
         model, ci, size = random_network(rng, cfg)
@@ -213,10 +219,7 @@ async def test_random_networks(dut):
 @cocotb.test()
 async def test_epsilon_boundaries(dut):
     """Tiles exactly at ±ε are flagged, tiles with a ±(ε+1) are not."""
-    cfg, seed = config_from_env()
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    bus = Bus(dut, cfg)
-    await RisingEdge(dut.clk)
+    cfg, seed, bus = await start(dut)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(2, cfg.rows, 3, padding=1), nn.ReLU(), nn.Flatten(),
                           nn.Linear(cfg.rows * 6 * (2 * cfg.cols + 1), 5)).eval()
@@ -234,10 +237,7 @@ async def test_epsilon_boundaries(dut):
 
 @cocotb.test()
 async def test_bus_errors_change_nothing(dut):
-    cfg, _ = config_from_env()
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    bus = Bus(dut, cfg)
-    await RisingEdge(dut.clk)
+    cfg, _, bus = await start(dut)
     regions = layout.region_map(cfg)
     await bus.write(Region.MASK, 3, 5)
     for write, region, index, value in [
@@ -260,10 +260,7 @@ async def test_bus_errors_change_nothing(dut):
 @cocotb.test()
 async def test_weight_sparsity_alone(dut):
     """Pruned weights on an input without a single zero: slots are skipped, cycles saved."""
-    cfg, seed = config_from_env()
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    bus = Bus(dut, cfg)
-    await RisingEdge(dut.clk)
+    cfg, seed, bus = await start(dut)
     torch.manual_seed(seed)
     conv = nn.Conv2d(4, cfg.rows, 3, padding=1)
     with torch.no_grad():

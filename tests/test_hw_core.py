@@ -1,18 +1,13 @@
 """Runs the cocotb bench tb/test_core.py (whole networks through the core) on Verilator,
 one build per configuration."""
 
-import hashlib
-from pathlib import Path
-
 import pytest
 
-from hw.build import write_verilog
 from hw.core import Core
 from sw.config import Config
 from tb import runner
 from tb.common import config_env
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_channels=16,
                max_width=16, act_words=512, weight_words=4096, mask_words=512, param_words=32,
                max_layers=8)
@@ -22,10 +17,7 @@ TOP = "core"
 @pytest.fixture(scope="module", params=[SMALL], ids=["small"])
 def sim(request):
     cfg = request.param
-    key = hashlib.sha256(cfg.key().encode()).hexdigest()[:12]
-    build_dir = ROOT / "build" / "tb_core" / key
-    src = write_verilog(Core(cfg), TOP, build_dir)
-    return cfg, runner.build(TOP, [src], build_dir, internals=False)
+    return cfg, runner.build_component(Core(cfg), TOP, cfg, internals=False)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
