@@ -171,5 +171,5 @@ CONFIGS = {
     "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
-                   weight_words=4096, out_words=1, max_width=32),
+                   weight_words=8192, out_words=1, max_width=32),
 }
