@@ -12,7 +12,6 @@
 
 import collections
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -86,17 +85,6 @@ def _key(config, verilog, trace):
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _lock(path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _have_header(name):
     res = subprocess.run(["c++", "-x", "c++", "-E", "-"], input=f"#include <{name}>\n",
                          capture_output=True, text=True)
@@ -125,12 +113,12 @@ def build_sim(config, trace=False, *, log=None):
     if stamp.is_file() and binary.is_file():
         _write_index(index, key)
         return binary
-    with _lock(BUILD_DIR / f"{key}.lock"):
+    from tb.runner import _build_lock, ensure_verilator, file_lock
+    with file_lock(BUILD_DIR / f"{key}.lock"):
         if stamp.is_file() and binary.is_file():
             return binary      # built by someone else while we waited
         if log:
             log(f"building the simulator in {out} (a few minutes)")
-        from tb.runner import _build_lock, ensure_verilator
         ensure_verilator()
         if trace and not _have_header("lz4.h"):
             raise BuildError("FST tracing needs the LZ4 headers and library, which Verilator's "

@@ -80,6 +80,7 @@ __all__ = [
     "ensure_verilator",
     "build",
     "build_component",
+    "file_lock",
     "test",
 ]
 
@@ -204,14 +205,21 @@ def _environ(changes):
 
 
 @contextlib.contextmanager
-def _build_lock():
-    lock = Path(tempfile.gettempdir()) / "tileskip-verilator-build.lock"
-    with open(lock, "w") as f:
+def file_lock(path):
+    """Hold an exclusive lock on ``path`` (created if need be) across processes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_lock():
+    """One Verilator build at a time on this machine."""
+    return file_lock(Path(tempfile.gettempdir()) / "tileskip-verilator-build.lock")
 
 
 def _ports(toplevel, sources):
