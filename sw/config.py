@@ -137,12 +137,6 @@ class Config:
     def tile_is_hw(self):
         return self.tile == self.hw_tile
 
-    @property
-    def max_reduction(self):
-        """Largest reduction length (input channels × kernel area, or FC inputs) accepted."""
-        from .numerics import MAX_REDUCTION
-        return MAX_REDUCTION
-
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 

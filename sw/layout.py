@@ -378,7 +378,7 @@ def config_words(config):
     return [getattr(config, f) for f in _REPORTED]
 
 
-def config_from_words(words, tile=None):
+def config_from_words(words):
     """Rebuild a Config from the device's report (the tile is the hardware's)."""
     from .config import Config
     values = dict(zip(_REPORTED, words))

@@ -105,11 +105,6 @@ def command(op, seq, payload=b""):
     return _frame(int(op), seq, payload)
 
 
-def reply(status, seq, payload=b""):
-    """A reply frame (what the device sends; used by tests and the host's self-checks)."""
-    return _frame(int(status), seq, payload)
-
-
 class Deframer:
     """Incremental decoder of stuffed frames: feed bytes, collect frame bodies."""
 

@@ -101,10 +101,13 @@ int main(int argc, char** argv) {
         if (tfp) tfp->dump(ctx->time());
 #endif
     };
-    // One clock cycle: inputs are set by the caller; settle with clk low, then the rising edge.
-    auto tick = [&]() {
+    // One clock cycle, in two halves: settle with clk low (the caller may then sample the
+    // handshakes), then the rising edge. Inputs are set by the caller before settle().
+    auto settle = [&]() {
         top->clk = 0;
         top->eval();
+    };
+    auto edge = [&]() {
         dump();
         ctx->timeInc(1);
         top->clk = 1;
@@ -112,6 +115,10 @@ int main(int argc, char** argv) {
         dump();
         ctx->timeInc(1);
         ++cycles;
+    };
+    auto tick = [&]() {
+        settle();
+        edge();
     };
 
     set_rst(top.get(), 1, 0);
@@ -162,19 +169,12 @@ int main(int argc, char** argv) {
     clock:
         top->RX_VALID = in_pos < in_len;
         top->RX_PAYLOAD = in_pos < in_len ? in[in_pos] : 0;
-        top->clk = 0;
-        top->eval();
+        settle();
         {
             bool took = top->RX_VALID && top->RX_READY;
             bool gave = top->TX_VALID;   // TX_READY is always 1
             uint8_t b = top->TX_PAYLOAD;
-            dump();
-            ctx->timeInc(1);
-            top->clk = 1;
-            top->eval();
-            dump();
-            ctx->timeInc(1);
-            ++cycles;
+            edge();
             if (took) ++in_pos;
             if (gave) {
                 out.push_back(b);
