@@ -92,47 +92,8 @@ class HostInterface(wiring.Component):
         arg = Signal(8 * _ARGS)
         frame_done = Signal()
         receiving = Signal()
-
-        byte = Signal(8)
-        got = Signal()
-        m.d.comb += [self.rx.ready.eq(receiving), byte.eq(self.rx.payload)]
-        restart = Signal()     # forget the frame in progress and start a new one
-        with m.If(restart):
-            m.d.sync += [in_frame.eq(1), esc.eq(0), n.eq(0), overflow.eq(0), crc.eq(0xFFFF)]
-        with m.If(self.rx.valid & receiving):
-            with m.If(self.rx.payload == proto.FLAG):
-                # A flag ends the frame in progress (kept for checking) or opens one.
-                with m.If(in_frame & (n != 0)):
-                    m.d.comb += frame_done.eq(1)
-                with m.Else():
-                    m.d.comb += restart.eq(1)
-            with m.Elif(in_frame):
-                with m.If(esc | (self.rx.payload != proto.ESC)):
-                    m.d.comb += got.eq(1)
-                    with m.If(esc):
-                        m.d.comb += byte.eq(self.rx.payload ^ proto.ESC_XOR)
-                m.d.sync += esc.eq(~esc & (self.rx.payload == proto.ESC))
-        with m.If(got):
-            m.d.sync += last2.eq(Cat(last2[8:], byte))
-            with m.If(n >= 2):
-                m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
-            with m.If(n < _FRAME_BYTES):
-                m.d.comb += [buf_w.addr.eq(n), buf_w.data.eq(byte), buf_w.en.eq(1)]
-                m.d.sync += n.eq(n + 1)
-            with m.Else():
-                m.d.sync += overflow.eq(1)
-            with m.Switch(n):
-                with m.Case(0):
-                    m.d.sync += op.eq(byte)
-                with m.Case(1):
-                    m.d.sync += seq.eq(byte)
-                with m.Case(2):
-                    m.d.sync += length[:8].eq(byte)
-                with m.Case(3):
-                    m.d.sync += length[8:].eq(byte)
-                for i in range(_ARGS):
-                    with m.Case(proto.HEADER + i):
-                        m.d.sync += arg[8 * i:8 * i + 8].eq(byte)
+        vb = Signal(range(max_wb))               # byte of its word of the byte leaving last2
+        excess = Signal()                        # a payload word has bits above its width
 
         region = arg[:8]
         index = arg[8:40]
@@ -153,6 +114,55 @@ class HostInterface(wiring.Component):
                                  writable.eq(r < Region.COUNT),
                                  top_mask.eq((0xFF << (width % 8 or 8)) & 0xFF)]
 
+        byte = Signal(8)
+        got = Signal()
+        m.d.comb += [self.rx.ready.eq(receiving), byte.eq(self.rx.payload)]
+        restart = Signal()     # forget the frame in progress and start a new one
+        with m.If(restart):
+            m.d.sync += [in_frame.eq(1), esc.eq(0), n.eq(0), overflow.eq(0), crc.eq(0xFFFF),
+                         vb.eq(0), excess.eq(0)]
+        with m.If(self.rx.valid & receiving):
+            with m.If(self.rx.payload == proto.FLAG):
+                # A flag ends the frame in progress (kept for checking) or opens one.
+                with m.If(in_frame & (n != 0)):
+                    m.d.comb += frame_done.eq(1)
+                with m.Else():
+                    m.d.comb += restart.eq(1)
+            with m.Elif(in_frame):
+                with m.If(esc | (self.rx.payload != proto.ESC)):
+                    m.d.comb += got.eq(1)
+                    with m.If(esc):
+                        m.d.comb += byte.eq(self.rx.payload ^ proto.ESC_XOR)
+                m.d.sync += esc.eq(~esc & (self.rx.payload == proto.ESC))
+        with m.If(got):
+            m.d.sync += last2.eq(Cat(last2[8:], byte))
+            with m.If(n >= 2):
+                m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
+            # The byte leaving last2 is not the checksum: if it is a WRITE's payload byte, the
+            # last byte of a word must have no bits above the region's width.
+            with m.If(known & (n >= proto.HEADER + _ARGS + 2)):
+                with m.If(vb == wb - 1):
+                    m.d.sync += [vb.eq(0), excess.eq(excess | (last2[:8] & top_mask).any())]
+                with m.Else():
+                    m.d.sync += vb.eq(vb + 1)
+            with m.If(n < _FRAME_BYTES):
+                m.d.comb += [buf_w.addr.eq(n), buf_w.data.eq(byte), buf_w.en.eq(1)]
+                m.d.sync += n.eq(n + 1)
+            with m.Else():
+                m.d.sync += overflow.eq(1)
+            with m.Switch(n):
+                with m.Case(0):
+                    m.d.sync += op.eq(byte)
+                with m.Case(1):
+                    m.d.sync += seq.eq(byte)
+                with m.Case(2):
+                    m.d.sync += length[:8].eq(byte)
+                with m.Case(3):
+                    m.d.sync += length[8:].eq(byte)
+                for i in range(_ARGS):
+                    with m.Case(proto.HEADER + i):
+                        m.d.sync += arg[8 * i:8 * i + 8].eq(byte)
+
         # -- the reply ------------------------------------------------------------------------
         status = Signal(8)
         rlen = Signal(16)
@@ -165,7 +175,12 @@ class HostInterface(wiring.Component):
         wi = Signal(16)
         word = Signal(len(self.cmd.payload.data))
         bi = Signal(range(max_wb + 1))
-        pos = Signal(range(_FRAME_BYTES))
+        pos = Signal(range(_FRAME_BYTES + 1))
+        end = Signal(range(_FRAME_BYTES + 1))    # WRITE: the buffer position after the words
+        have = Signal()                          # WRITE: buf_r.data is the byte at pos - 1
+        full = Signal()                          # WRITE: `word` is whole, to be issued
+        acks = Signal(16)                        # WRITE: responses received
+        failed = Signal()                        # WRITE: the core refused a word
         run_status = Signal(64)
 
         cmd = self.cmd.payload
@@ -195,7 +210,7 @@ class HostInterface(wiring.Component):
                 with m.If(frame_done):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += [status.eq(proto.Status.OK), rlen.eq(0), wi.eq(0), pos.eq(0),
+                m.d.sync += [status.eq(proto.Status.OK), rlen.eq(0), wi.eq(0),
                              tx_crc.eq(0xFFFF), tx_stuffed.eq(0)]
                 with m.If(n < proto.HEADER + proto.TRAILER):
                     m.d.sync += status.eq(proto.Status.BAD_LENGTH)
@@ -239,9 +254,14 @@ class HostInterface(wiring.Component):
                             m.d.sync += status.eq(proto.Status.OUT_OF_RANGE)
                         with m.Elif(~is_write & (count * wb > proto.MAX_PAYLOAD)):
                             m.d.sync += status.eq(proto.Status.TOO_LONG)
+                        with m.Elif(is_write & excess):
+                            m.d.sync += status.eq(proto.Status.OUT_OF_RANGE)
                         with m.Elif(is_write):
-                            m.d.sync += [words.eq(count), wi.eq(0)]
-                            m.next = "VALIDATE"
+                            m.d.sync += [words.eq(count), wi.eq(0), acks.eq(0), bi.eq(0),
+                                         word.eq(0), full.eq(0), have.eq(0),
+                                         pos.eq(proto.HEADER + _ARGS),
+                                         end.eq(proto.HEADER + _ARGS + count * wb)]
+                            m.next = "BUS"
                         with m.Else():
                             m.d.sync += [words.eq(count), rlen.eq(count * wb)]
                     with m.Case(proto.Op.RUN):
@@ -252,52 +272,42 @@ class HostInterface(wiring.Component):
                     with m.Default():
                         m.d.sync += status.eq(proto.Status.UNKNOWN_OP)
 
-            # A WRITE's words are checked for excess bits before any is written.
-            with m.State("VALIDATE"):
-                with m.If(wi == words):
-                    m.d.sync += [wi.eq(0), pos.eq(proto.HEADER + _ARGS)]
-                    m.next = "BUS"
-                with m.Else():
-                    m.d.comb += buf_r.addr.eq(proto.HEADER + _ARGS + wi * wb + wb - 1)
-                    m.next = "VALIDATE_BYTE"
-            with m.State("VALIDATE_BYTE"):
-                with m.If(buf_r.data & top_mask):
-                    m.d.sync += status.eq(proto.Status.OUT_OF_RANGE)
-                    m.next = "REPLY"
-                with m.Else():
-                    m.d.sync += wi.eq(wi + 1)
-                    m.next = "VALIDATE"
-
-            # WRITE: gather each word's bytes, write it, wait for the response.
+            # WRITE (its words were checked for excess bits as they arrived): a pipeline that
+            # reads one buffer byte per cycle into `word` and issues each whole word while the
+            # next one is gathered; it stalls only while the core does not take a command.
             with m.State("BUS"):
-                with m.If(wi == words):
-                    m.next = "REPLY"
-                with m.Else():
-                    m.d.sync += [word.eq(0), bi.eq(0), pos.eq(pos + 1)]
-                    m.d.comb += buf_r.addr.eq(pos)
-                    m.next = "GATHER"
-            with m.State("GATHER"):
-                m.d.sync += word.word_select(bi, 8).eq(buf_r.data)
-                with m.If(bi + 1 == wb):
-                    m.next = "ISSUE"
-                with m.Else():
-                    m.d.comb += buf_r.addr.eq(pos)
-                    m.d.sync += [pos.eq(pos + 1), bi.eq(bi + 1)]
-            with m.State("ISSUE"):
-                m.d.comb += [self.cmd.valid.eq(1), cmd.write.eq(1), cmd.region.eq(region),
-                             cmd.index.eq(index + wi), cmd.data.eq(word)]
-                with m.If(self.cmd.ready):
-                    m.next = "RESPONSE"
-            with m.State("RESPONSE"):
-                m.d.comb += self.rsp.ready.eq(1)
+                stall = Signal()
+                accept = Signal()
+                m.d.comb += [self.cmd.valid.eq(full & ~failed), cmd.write.eq(1),
+                             cmd.region.eq(region), cmd.index.eq(index + wi),
+                             cmd.data.eq(word), self.rsp.ready.eq(1),
+                             accept.eq(self.cmd.valid & self.cmd.ready),
+                             stall.eq(full & ~accept),
+                             buf_r.addr.eq(pos), buf_r.en.eq(~stall)]
+                with m.If(accept):
+                    m.d.sync += [wi.eq(wi + 1), full.eq(0)]
+                with m.If(~stall):
+                    m.d.sync += have.eq(pos != end)
+                    with m.If(pos != end):
+                        m.d.sync += pos.eq(pos + 1)
+                    with m.If(have):
+                        m.d.sync += word.word_select(bi, 8).eq(buf_r.data)
+                        with m.If(bi + 1 == wb):
+                            m.d.sync += [bi.eq(0), full.eq(1)]
+                        with m.Else():
+                            m.d.sync += bi.eq(bi + 1)
                 with m.If(self.rsp.valid):
-                    m.d.sync += wi.eq(wi + 1)
+                    m.d.sync += acks.eq(acks + 1)
                     with m.If(self.rsp.payload.error):
                         # Only a core refusing a checked command gets here: it is running.
-                        m.d.sync += status.eq(proto.Status.BUSY)
-                        m.next = "REPLY"
-                    with m.Else():
-                        m.next = "BUS"
+                        # Nothing more is issued; the answers still due are awaited.
+                        m.d.sync += [status.eq(proto.Status.BUSY), failed.eq(1)]
+                done = Signal()
+                refused = failed | (self.rsp.valid & self.rsp.payload.error)
+                m.d.comb += done.eq(acks + self.rsp.valid == Mux(refused, wi, words))
+                with m.If(done & ~accept):
+                    m.d.sync += failed.eq(0)
+                    m.next = "REPLY"
 
             # RUN: write the run word, then poll the status until the run is over.
             with m.State("RUN"):

@@ -23,8 +23,14 @@ class BusModel:
         self.mem = {r: {} for r in Region}
         self.runs = []
         self.busy_polls = 0
+        self.writes = 0
+        self.refuse_after = None     # refuse every memory write after this many
 
     def access(self, write, region, index, data):
+        if write and region != Region.CTRL:
+            self.writes += 1
+            if self.refuse_after is not None and self.writes > self.refuse_after:
+                return 0, True
         if write:
             if region == Region.CTRL:
                 self.runs.append(data)
@@ -63,22 +69,23 @@ def run_exchange(wire_in, expect_frames, bus=None):
         ctx.set(dut.rx.valid, 0)
 
     async def core(ctx):
+        # Like hw.core.Core: a command is taken when no response is pending or the pending one
+        # is being taken; its response is offered from the next cycle on.
+        p = dut.cmd.payload
+        pending = None
         while True:
-            await ctx.tick()
-            if not ctx.get(dut.cmd.valid):
-                continue
-            p = dut.cmd.payload
-            w, r, i, d = (ctx.get(p.write), ctx.get(p.region), ctx.get(p.index),
-                          ctx.get(p.data))
-            value, err = bus.access(w, Region(r), i, d)
-            ctx.set(dut.cmd.ready, 1)
-            await ctx.tick()
-            ctx.set(dut.cmd.ready, 0)
-            ctx.set(dut.rsp.valid, 1)
-            ctx.set(dut.rsp.payload.data, value)
-            ctx.set(dut.rsp.payload.error, err)
-            await until_taken(ctx, dut.rsp.ready)
-            ctx.set(dut.rsp.valid, 0)
+            ctx.set(dut.rsp.valid, pending is not None)
+            if pending is not None:
+                ctx.set(dut.rsp.payload.data, pending[0])
+                ctx.set(dut.rsp.payload.error, pending[1])
+            ctx.set(dut.cmd.ready, pending is None or ctx.get(dut.rsp.ready))
+            _, _, cv, cr, rv, rr, w, r, i, d = await ctx.tick().sample(
+                dut.cmd.valid, dut.cmd.ready, dut.rsp.valid, dut.rsp.ready,
+                p.write, p.region, p.index, p.data)
+            if rv and rr:
+                pending = None
+            if cv and cr:
+                pending = bus.access(w, Region(r), i, d)
 
     async def sink(ctx):
         deframer = proto.Deframer()
@@ -140,6 +147,8 @@ BAD_FRAMES = [
     (_write(14, 0, [1]), proto.Status.BAD_REGION),
     (_write(Region.MASK, CFG.mask_words - 1, [1, 2]), proto.Status.OUT_OF_RANGE),
     (_write(Region.FLAG0, 0, [1, 2]), proto.Status.OUT_OF_RANGE),            # 2 > 1 bit
+    (_write(Region.PARAM, 0, [1, 1 << REGIONS[Region.PARAM][0], 1]),         # bit above
+     proto.Status.OUT_OF_RANGE),
     (proto.command(proto.Op.READ, 4, b"\x00"), proto.Status.BAD_ARGUMENT),
     (proto.command(proto.Op.STATUS, 4, b"\x00"), proto.Status.BAD_ARGUMENT),
 ]
@@ -156,6 +165,23 @@ def test_errors_change_nothing_and_the_next_frame_works():
         assert ok == (proto.Status.OK, 70 + i, bytes([5, 0, 6, 0]))
     assert bus.mem[Region.MASK] == {0: 5, 1: 6}
     assert bus.mem[Region.FLAG0] == {}
+    assert bus.mem[Region.PARAM] == {}
+
+
+def test_a_refused_word_ends_the_write():
+    # The core refuses writes while it runs: the words before the refusal are written, the reply
+    # says BUSY, and the next frame works. Words go out back to back, so the word after the
+    # refused one is already offered as the refusal comes back (the running core refuses it
+    # too); no further word is sent.
+    bus = _preloaded()
+    bus.refuse_after = 2
+    wire = (_write(Region.FLAG0, 0, [1, 0, 1, 1, 0], seq=20)      # one word per cycle
+            + _read(Region.MASK, 0, 2, seq=21))
+    (err, ok), bus = run_exchange(wire, 2, bus)
+    assert err == (proto.Status.BUSY, 20, b"")
+    assert bus.mem[Region.FLAG0] == {0: 1, 1: 0}
+    assert bus.writes == 4         # two written, two refused, none after
+    assert ok == (proto.Status.OK, 21, bytes([5, 0, 6, 0]))
 
 
 def _preloaded():
