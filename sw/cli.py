@@ -84,7 +84,9 @@ def print_report(report, program, out=None):
               file=out)
     if "sim" in report:
         s = report["sim"]
-        print(f"simulated {s['cycles']:,} cycles in {s['wall_s']:.2f} s: "
+        procs = "1 simulator process" if s["workers"] == 1 else \
+            f"{s['workers']} simulator processes"
+        print(f"simulated {s['cycles']:,} cycles in {s['wall_s']:.2f} s on {procs}: "
               f"{s['cycles_per_s']:,.0f} cycles/s, {s['wall_s'] / report['images']:.4f} s per "
               f"image (uploads and readback included)", file=out)
 
@@ -95,6 +97,12 @@ def _run(args):
         if args.backend != "sim":
             raise ValueError("--trace needs --backend sim")
         options["trace"] = args.trace
+    if args.workers is not None:
+        if args.backend != "sim":
+            raise ValueError("--workers needs --backend sim")
+        if args.workers < 1:
+            raise ValueError(f"--workers must be at least 1, not {args.workers}")
+        options["workers"] = args.workers
     report, program = evaluate(args.model, args.backend, images=args.images,
                                epsilon=args.epsilon, skip=not args.no_skip, config=args.config,
                                backend_options=options)
@@ -121,6 +129,9 @@ def main(argv=None):
     run.add_argument("--trace", metavar="PATH",
                      help="sim backend: write an FST waveform of the whole session (slow; "
                           "use with a few --images)")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="sim backend: simulator processes sharing the images (default: one "
+                          "per CPU core; a trace uses one)")
     args = ap.parse_args(argv)
     try:
         if args.command == "run":

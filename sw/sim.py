@@ -11,6 +11,7 @@
 """
 
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -21,6 +22,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -486,51 +488,67 @@ def _word_bytes(values, nbytes):
 
 
 class SimBackend:
-    """``Accelerator("sim", trace=None, progress=None)``.
+    """``Accelerator("sim", trace=None, progress=None, workers=None)``.
 
-    ``trace``: path of an FST trace of the whole session (builds the tracing simulator).
+    ``trace``: path of an FST trace of the whole session (builds the tracing simulator; one
+    simulator process).
     ``progress``: show a progress bar over the images (None: when stderr is a terminal).
+    ``workers``: simulator processes that share a batch's images (None: one per CPU core, at
+    most one per image). Each is a whole accelerator with the program uploaded; the images of a
+    batch are split into contiguous parts, and results and counters are gathered in order.
     ``device``: a :class:`Device` to run on (e.g. one on a serial port, or a running
-    :class:`SimProcess`' device) instead of building and starting a simulator.
-    The simulator process lives as long as the backend (:meth:`close`), and a program is
-    uploaded once for as many runs as use it.
+    :class:`SimProcess`' device) instead of building and starting simulators.
+    The simulator processes live as long as the backend (:meth:`close`), and a program is
+    uploaded once to each for as many runs as use it.
     """
 
     name = "sim"
 
-    def __init__(self, trace=None, progress=None, timeout=60.0, run_timeout=None, device=None):
-        self.device = device      # a Device to use instead of a simulator of our own
+    def __init__(self, trace=None, progress=None, timeout=60.0, run_timeout=None, device=None,
+                 workers=None):
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a positive integer, not {workers!r}")
+        self.device = device      # a Device to use instead of simulators of our own
         self.trace = trace
         self.progress = progress
         self.timeout = timeout
         self.run_timeout = run_timeout
-        self._sim = None
+        self.workers = workers
+        self._sims = []
         self._sim_config = None
-        self._uploaded = None
+        self._uploaded = {}       # id(device) → digest of the program image it holds
         self.extra = None
         self.build_s = None
 
     def _log(self, msg):
         print(f"tileskip: {msg}", file=sys.stderr, flush=True)
 
-    def _process(self, config):
-        if self._sim is not None and self._sim_config == config and self._sim.proc.poll() is None:
-            return self._sim
-        self.close()
-        t0 = time.monotonic()
-        binary = build_sim(config, trace=bool(self.trace), log=self._log)
-        self.build_s = time.monotonic() - t0
-        self._sim = SimProcess(binary, trace=self.trace, timeout=self.timeout,
-                               run_timeout=self.run_timeout)
-        self._sim_config = config
-        self._uploaded = None
-        return self._sim
+    def _want(self, n):
+        """How many simulator processes a batch of ``n`` images runs on."""
+        if self.trace:
+            return 1
+        k = self.workers if self.workers is not None else (os.cpu_count() or 1)
+        return max(1, min(k, n))
+
+    def _processes(self, config, k):
+        alive = [p for p in self._sims if p.proc.poll() is None]
+        if self._sim_config != config or len(alive) != len(self._sims):
+            self.close()
+        if len(self._sims) < k:
+            t0 = time.monotonic()
+            binary = build_sim(config, trace=bool(self.trace), log=self._log)
+            self.build_s = time.monotonic() - t0
+            while len(self._sims) < k:
+                self._sims.append(SimProcess(binary, trace=self.trace, timeout=self.timeout,
+                                             run_timeout=self.run_timeout))
+            self._sim_config = config
+        return self._sims[:k]
 
     def close(self):
-        if self._sim is not None:
-            self._sim.close()
-            self._sim = None
-            self._uploaded = None
+        for sim in self._sims:
+            sim.close()
+        self._sims = []
+        self._uploaded = {}
 
     def __del__(self):
         with contextlib.suppress(Exception):
@@ -551,8 +569,8 @@ class SimBackend:
     def _upload(self, dev, program):
         cfg = program.config
         image = layout.pack_program(program)
-        digest = (id(dev), _image_digest(image))
-        if self._uploaded == digest:
+        digest = _image_digest(image)
+        if self._uploaded.get(id(dev)) == digest:
             return image
         R, C = cfg.rows, cfg.cols
         regions = layout.region_map(cfg)
@@ -565,76 +583,99 @@ class SimBackend:
             wb = proto.word_bytes(regions[region][0])
             cmds += dev.write_commands(region, 0, _word_bytes(values, wb))
         dev.transact(cmds)
-        self._uploaded = digest
+        self._uploaded[id(dev)] = digest
         return image
 
     def run(self, program, xq, skip):
         cfg = program.config
-        dev = self.device if self.device is not None else self._process(cfg).device
+        n = len(xq)
+        if self.device is not None:
+            devices = [self.device]
+        else:
+            devices = [sim.device for sim in self._processes(cfg, self._want(n))]
         t0 = time.monotonic()
-        self._check(dev, cfg)
-        image = self._upload(dev, program)
+        for dev in devices:
+            self._check(dev, cfg)
+            image = self._upload(dev, program)
         plans = image.plans
         L, NB = len(plans), cfg.act_banks
         words, flags, flagged = layout.pack_input(program, xq)
-        n = len(words)
         in_n = -(-plans[0].in_words // NB) * NB
         out_n = -(-plans[-1].out_words // NB) * NB
         out_region = Region.ACT0 if L % 2 == 0 else Region.ACT1
         ncount = L * len(COUNTERS)
         outputs = np.zeros((n, cfg.act_words, cfg.cols), dtype=np.int8)
         counts = np.zeros((n, L, len(COUNTERS)), dtype=np.int64)
-        cycles = 0
+        cycles = np.zeros(n, dtype=np.int64)
         run_word = struct.pack("<I", layout.run_word(L, skip, program.epsilon))
-        images = range(n)
         bar = None
         if n > 1 and self.progress is not False:
             from tqdm import tqdm
             bar = tqdm(total=n, unit="img", desc="sim", leave=False,
                        disable=None if self.progress is None else False)
-        reads_out = dev.read_commands(out_region, 0, out_n)
-        reads_count = dev.read_commands(Region.COUNT, 0, ncount)
-        def commands(i):
-            cmds = dev.write_commands(Region.ACT0, 0, words[i, :in_n].view(np.uint8))
-            cmds += dev.write_commands(Region.FLAG0, 0, flags[i, :in_n].astype(np.uint8)[:, None])
-            k_run = len(cmds)
-            cmds.append((Op.RUN, run_word))
-            cmds += reads_out + reads_count
-            timeouts = [self.timeout] * len(cmds)
-            timeouts[k_run] = self.run_timeout
-            return cmds, k_run, timeouts
+        bar_lock = threading.Lock()
+        failed = threading.Event()
 
-        def finish(i, replies, k_run):
-            nonlocal cycles
-            status = layout.unpack_status(int.from_bytes(replies[k_run], "little"))
-            if status["error"] or not status["done"] or status["busy"]:
-                raise ProtocolError(f"image {i}: the run ended with status {status}")
-            cycles += status["cycles"]
-            rest = b"".join(replies[k_run + 1:])
-            ob = out_n * cfg.cols
-            outputs[i, :out_n] = np.frombuffer(rest[:ob], dtype=np.int8).reshape(out_n, -1)
-            counts[i] = np.frombuffer(rest[ob:], dtype="<u4").reshape(L, len(COUNTERS))
-            if bar is not None:
-                bar.update()
+        def run_part(dev, images):
+            """Run ``images`` (indices) on ``dev``, filling outputs, counts and cycles."""
+            reads = (dev.read_commands(out_region, 0, out_n)
+                     + dev.read_commands(Region.COUNT, 0, ncount))
 
-        # Two images in flight: the device starts on the next image while we unpack one.
-        inflight = collections.deque()
-        try:
-            for i in images:
-                cmds, k_run, timeouts = commands(i)
-                if 2 * len(cmds) > dev.WINDOW:
-                    finish(i, dev.transact(cmds, timeouts), k_run)
-                    continue
-                inflight.append((i, dev.send(cmds), k_run, timeouts))
-                if len(inflight) == 2:
+            def commands(i):
+                cmds = dev.write_commands(Region.ACT0, 0, words[i, :in_n].view(np.uint8))
+                cmds += dev.write_commands(Region.FLAG0, 0,
+                                           flags[i, :in_n].astype(np.uint8)[:, None])
+                k_run = len(cmds)
+                cmds.append((Op.RUN, run_word))
+                cmds += reads
+                timeouts = [self.timeout] * len(cmds)
+                timeouts[k_run] = self.run_timeout
+                return cmds, k_run, timeouts
+
+            def finish(i, replies, k_run):
+                status = layout.unpack_status(int.from_bytes(replies[k_run], "little"))
+                if status["error"] or not status["done"] or status["busy"]:
+                    raise ProtocolError(f"image {i}: the run ended with status {status}")
+                cycles[i] = status["cycles"]
+                rest = b"".join(replies[k_run + 1:])
+                ob = out_n * cfg.cols
+                outputs[i, :out_n] = np.frombuffer(rest[:ob], dtype=np.int8).reshape(out_n, -1)
+                counts[i] = np.frombuffer(rest[ob:], dtype="<u4").reshape(L, len(COUNTERS))
+                if bar is not None:
+                    with bar_lock:
+                        bar.update()
+
+            # Two images in flight: the device starts on the next image while we unpack one.
+            inflight = collections.deque()
+            try:
+                for i in images:
+                    if failed.is_set():
+                        break                # another part failed: its error is raised
+                    cmds, k_run, timeouts = commands(i)
+                    if 2 * len(cmds) > dev.WINDOW:
+                        finish(i, dev.transact(cmds, timeouts), k_run)
+                        continue
+                    inflight.append((i, dev.send(cmds), k_run, timeouts))
+                    if len(inflight) == 2:
+                        j, ticket, k, t = inflight.popleft()
+                        finish(j, dev.collect(ticket, t), k)
+                while inflight:
                     j, ticket, k, t = inflight.popleft()
                     finish(j, dev.collect(ticket, t), k)
-            while inflight:
-                j, ticket, k, t = inflight.popleft()
-                finish(j, dev.collect(ticket, t), k)
-        except BaseException:
-            dev.abandon()
-            raise
+            except BaseException:
+                failed.set()
+                dev.abandon()
+                raise
+
+        # Contiguous parts, one per device, each driven by a thread (they wait on pipes).
+        parts = np.array_split(np.arange(n), len(devices))
+        try:
+            if len(devices) == 1:
+                run_part(devices[0], parts[0])
+            else:
+                with concurrent.futures.ThreadPoolExecutor(len(devices)) as pool:
+                    for job in [pool.submit(run_part, d, p) for d, p in zip(devices, parts)]:
+                        job.result()
         finally:
             if bar is not None:
                 bar.close()
@@ -658,6 +699,8 @@ class SimBackend:
                 "issue_slots_skipped": hw["issue_slots_skipped"],
                 "busy_cycles": hw["busy_cycles"],
             })
-        self.extra = {"sim": {"cycles": int(cycles), "wall_s": round(wall, 3),
-                              "cycles_per_s": round(cycles / wall) if wall > 0 else None}}
+        cycles = int(cycles.sum())
+        self.extra = {"sim": {"cycles": cycles, "wall_s": round(wall, 3),
+                              "cycles_per_s": round(cycles / wall) if wall > 0 else None,
+                              "workers": len(devices)}}
         return raw, layers

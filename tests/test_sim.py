@@ -196,16 +196,31 @@ def test_network_matches_golden(simproc, tiny, skip, epsilon):
     assert extra["wall_s"] > 0 and extra["cycles_per_s"] > 0
 
 
-def test_own_simulator(tiny):
-    """Accelerator("sim") builds (cached) and starts a simulator of its own."""
-    from sw.sim import SimBackend
+def test_own_simulators_share_a_batch(simproc, tiny):
+    """Accelerator("sim", workers=3) builds (cached) and starts simulators of its own and splits
+    the images between them: outputs in order and every counter as on one device."""
+    # Busy cycles depend on what the device ran before (a fresh one is a cycle faster), so every
+    # device runs the program once before the batch.
     program, x = tiny
-    backend = SimBackend()
+    acc = Accelerator("sim", workers=3, progress=False)
     try:
-        raw, _ = backend.run(program, layout_input(program, x[:2]), True)
+        acc.run(program, x[:3])
+        many = acc.run(program, x[:7])
+        assert len(acc.backend._sims) == 3
     finally:
-        backend.close()
-    assert np.array_equal(raw, Accelerator("golden").run(program, x[:2]).raw)
+        acc.backend.close()
+    one = Accelerator("sim", device=simproc.device)
+    one.run(program, x[:1])
+    one = one.run(program, x[:7])
+    assert np.array_equal(many.raw, Accelerator("golden").run(program, x[:7]).raw)
+    assert many.stats["layers"] == one.stats["layers"]
+    assert many.stats["extra"]["sim"]["workers"] == 3
+    assert many.stats["extra"]["sim"]["cycles"] == one.stats["extra"]["sim"]["cycles"]
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers must be a positive integer, not 0"):
+        Accelerator("sim", workers=0)
 
 
 def test_config_mismatch_is_refused(simproc, tiny):
