@@ -4,7 +4,7 @@ One run command executes every layer of the program held in the descriptor memor
 sequencer loads a layer's descriptor, starts the loader, waits until the last block has been
 written, stores the layer's counters and moves on, the two activation buffers swapping roles.
 The host reaches every memory through a command/response bus (``cmd``/``rsp``) while the core is
-idle; see ``sw/layout.py`` (``Region``, ``region_map``) for the map.
+idle; see ``sw/layout.py`` (``Region``, ``region_map``, ``CHUNKED``) for the map.
 """
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
@@ -82,7 +82,7 @@ class Core(wiring.Component):
 
     def elaborate(self, platform):
         cfg = self.config
-        R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
+        C, NB = cfg.cols, cfg.act_banks
         K = cfg.max_kernel
         regions = layout.region_map(cfg)
         m = Module()
@@ -120,10 +120,15 @@ class Core(wiring.Component):
                for buf in range(2)]
         flag = [[memory(f"flag{buf}_{b}", 1, cfg.act_words // NB) for b in range(NB)]
                 for buf in range(2)]
-        wgt = [memory(f"wgt_{j}", 8 * R, cfg.weight_words // C) for j in range(C)]
+        # Rows of the CHUNKED regions are padded to whole host words, one write lane each.
+        rows = layout.memory_map(cfg)
+        lanes = {r: -(-rows[r][0] // layout.CHUNK_BITS) for r in layout.CHUNKED}
+        chunked = {r: lanes[r] * layout.CHUNK_BITS for r in layout.CHUNKED}
+        wgt = [memory(f"wgt_{j}", chunked[Region.WEIGHT], cfg.weight_words // C)
+               for j in range(C)]
         mask = memory("mask", cfg.group_bits, cfg.mask_words)
-        param = memory("param", regions[Region.PARAM][0], cfg.param_words)
-        desc_mem = memory("desc", regions[Region.DESC][0], cfg.max_layers)
+        param = memory("param", chunked[Region.PARAM], cfg.param_words)
+        desc_mem = memory("desc", chunked[Region.DESC], cfg.max_layers)
         count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
 
         act_r = [[mem.read_port() for mem in bank] for bank in act]
@@ -131,10 +136,13 @@ class Core(wiring.Component):
         flag_r = [[[mem.read_port() for _ in range(K)] for mem in bank] for bank in flag]
         flag_w = [[mem.write_port() for mem in bank] for bank in flag]
         wgt_r = [mem.read_port() for mem in wgt]
-        wgt_w = [mem.write_port() for mem in wgt]
+        def chunk_port(mem, region):
+            return mem.write_port(granularity=layout.CHUNK_BITS if lanes[region] > 1 else None)
+
+        wgt_w = [chunk_port(mem, Region.WEIGHT) for mem in wgt]
         mask_r, mask_w = mask.read_port(), mask.write_port()
-        param_r, param_w = param.read_port(), param.write_port()
-        desc_r, desc_w = desc_mem.read_port(), desc_mem.write_port()
+        param_r, param_w = param.read_port(), chunk_port(param, Region.PARAM)
+        desc_r, desc_w = desc_mem.read_port(), chunk_port(desc_mem, Region.DESC)
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
@@ -187,9 +195,23 @@ class Core(wiring.Component):
             shift = (banks - 1).bit_length()
             return index[:shift] if banks > 1 else Const(0), index[shift:]
 
+        def chunk(index, region):
+            """(row index, one-hot write lanes, data) of a host word of a CHUNKED region: the
+            word goes to its lane of the row, bits past the row's width cleared."""
+            k = layout.chunk_shift(rows[region][0])
+            n = lanes[region]
+            sel = index[:k] if k else Const(0)
+            onehot = Cat(*[sel == i for i in range(n)])
+            word = cmd.data[:layout.CHUNK_BITS]
+            wdata = Cat(*[word] * n) & Const((1 << rows[region][0]) - 1, n * layout.CHUNK_BITS)
+            return index[k:], onehot, wdata
+
         # Host access to the memories shares the compute ports; it is only allowed while idle.
         hb, ha = lane(cmd.index, NB)
-        wb, wa = lane(cmd.index, C)
+        wrow, wlanes, wword = chunk(cmd.index, Region.WEIGHT)
+        wb, wa = lane(wrow, C)
+        prow, planes, pword = chunk(cmd.index, Region.PARAM)
+        drow, dlanes, dword = chunk(cmd.index, Region.DESC)
         for buf in range(2):
             for b in range(NB):
                 with m.If(~busy):
@@ -205,21 +227,20 @@ class Core(wiring.Component):
         for j in range(C):
             with m.If(~busy):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_w[j].addr.eq(wa),
-                             wgt_w[j].data.eq(cmd.data),
-                             wgt_w[j].en.eq(host_write & (wb == j)
-                                            & (cmd.region == Region.WEIGHT))]
+                             wgt_w[j].data.eq(wword),
+                             wgt_w[j].en.eq(Mux(host_write & (wb == j)
+                                                & (cmd.region == Region.WEIGHT), wlanes, 0))]
         with m.If(~busy):
             m.d.comb += [
-                mask_r.addr.eq(cmd.index), param_r.addr.eq(cmd.index),
-                desc_r.addr.eq(cmd.index),
+                mask_r.addr.eq(cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
             ]
         m.d.comb += [
             mask_w.addr.eq(cmd.index), mask_w.data.eq(cmd.data),
             mask_w.en.eq(host_write & (cmd.region == Region.MASK)),
-            param_w.addr.eq(cmd.index), param_w.data.eq(cmd.data),
-            param_w.en.eq(host_write & (cmd.region == Region.PARAM)),
-            desc_w.addr.eq(cmd.index), desc_w.data.eq(cmd.data),
-            desc_w.en.eq(host_write & (cmd.region == Region.DESC)),
+            param_w.addr.eq(prow), param_w.data.eq(pword),
+            param_w.en.eq(Mux(host_write & (cmd.region == Region.PARAM), planes, 0)),
+            desc_w.addr.eq(drow), desc_w.data.eq(dword),
+            desc_w.en.eq(Mux(host_write & (cmd.region == Region.DESC), dlanes, 0)),
             count_r.addr.eq(cmd.index),
         ]
 
@@ -227,7 +248,16 @@ class Core(wiring.Component):
         rdata = Signal.like(self.rsp.payload.data)
         info = [HW_VERSION] + layout.config_words(cfg)
         rb, _ = lane(rsp_index, NB)
-        rwb, _ = lane(rsp_index, C)
+
+        def read_chunk(row, region):
+            """The host word ``rsp_index`` selects in ``row`` (0 past the row's width)."""
+            k = layout.chunk_shift(rows[region][0])
+            if not k:
+                return row
+            sel = rsp_index[:k]
+            return Mux(sel < lanes[region], row.word_select(sel, layout.CHUNK_BITS), 0)
+
+        rwb, _ = lane(rsp_index[layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
         with m.Switch(rsp_region):
             for buf in range(2):
                 with m.Case(Region.ACT0 + buf):
@@ -244,13 +274,13 @@ class Core(wiring.Component):
                 with m.Switch(rwb):
                     for j in range(C):
                         with m.Case(j):
-                            m.d.comb += rdata.eq(wgt_r[j].data)
+                            m.d.comb += rdata.eq(read_chunk(wgt_r[j].data, Region.WEIGHT))
             with m.Case(Region.MASK):
                 m.d.comb += rdata.eq(mask_r.data)
             with m.Case(Region.PARAM):
-                m.d.comb += rdata.eq(param_r.data)
+                m.d.comb += rdata.eq(read_chunk(param_r.data, Region.PARAM))
             with m.Case(Region.DESC):
-                m.d.comb += rdata.eq(desc_r.data)
+                m.d.comb += rdata.eq(read_chunk(desc_r.data, Region.DESC))
             with m.Case(Region.COUNT):
                 m.d.comb += rdata.eq(count_r.data)
             with m.Case(Region.CTRL):

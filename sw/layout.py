@@ -16,7 +16,8 @@ from .numerics import layer_tile, tile_flags
 
 __all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields",
            "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
-           "element_index", "tile_index", "Region", "region_map", "COUNTERS", "COUNTER_BITS",
+           "element_index", "tile_index", "Region", "memory_map", "region_map", "CHUNKED",
+           "CHUNK_BITS", "chunk_shift", "chunk_bytes", "row_words", "COUNTERS", "COUNTER_BITS",
            "HW_VERSION", "config_words", "run_word", "unpack_status", "KIND_CONV", "KIND_FC",
            "MODE_INT8", "MODE_BINARY"]
 
@@ -345,7 +346,7 @@ def unpack_output(program, words):
 # -- the device's memory map ------------------------------------------------------------------
 
 #: Version of the gateware's memory map and descriptor format, reported by the device.
-HW_VERSION = 1
+HW_VERSION = 2
 
 
 class Region(enum.IntEnum):
@@ -354,10 +355,10 @@ class Region(enum.IntEnum):
     ACT1 = 1     #: activation buffer B
     FLAG0 = 2    #: tile flags of buffer A (1 bit per word)
     FLAG1 = 3    #: tile flags of buffer B
-    WEIGHT = 4   #: weight memory, index = in-bank address × cols + bank
+    WEIGHT = 4   #: weight memory, row = in-bank address × cols + bank (CHUNKED)
     MASK = 5     #: weight-skip masks
-    PARAM = 6    #: output parameters
-    DESC = 7     #: layer descriptors
+    PARAM = 6    #: output parameters (CHUNKED)
+    DESC = 7     #: layer descriptors (CHUNKED)
     COUNT = 8    #: per-layer counters (read only), index = layer × len(COUNTERS) + counter
     CTRL = 9     #: 0: run (write) / status (read); 1: HW_VERSION; 2…: config_words (read only)
 
@@ -385,8 +386,8 @@ def config_from_words(words):
     return Config(tile=(1, 1, values["cols"]), **values)
 
 
-def region_map(config):
-    """{Region: (width in bits, depth in words)} of the memory map."""
+def memory_map(config):
+    """{Region: (row width in bits, rows)} of the device's memories (and CTRL's registers)."""
     return {
         Region.ACT0: (config.cols * 8, config.act_words),
         Region.ACT1: (config.cols * 8, config.act_words),
@@ -399,6 +400,47 @@ def region_map(config):
         Region.COUNT: (COUNTER_BITS, config.max_layers * len(COUNTERS)),
         Region.CTRL: (64, 2 + len(_REPORTED)),
     }
+
+
+#: Regions whose rows are wider than the host bus. The host sees each row as ``2**k`` words of
+#: CHUNK_BITS (:func:`chunk_shift`), word ``row << k | chunk`` holding bits ``chunk × 32 …`` of
+#: the row (little-endian, so a row's bytes are its words' bytes in order); words past the row's
+#: width read as 0 and ignore writes.
+CHUNKED = (Region.WEIGHT, Region.PARAM, Region.DESC)
+CHUNK_BITS = 32
+
+
+def chunk_shift(width):
+    """log2 of the host words per row of a CHUNKED region whose rows are ``width`` bits."""
+    return (_cdiv(width, CHUNK_BITS) - 1).bit_length()
+
+
+def region_map(config):
+    """{Region: (width in bits, depth in words)} of the memory map as the host addresses it."""
+    out = {}
+    for region, (width, rows) in memory_map(config).items():
+        if region in CHUNKED:
+            out[region] = (CHUNK_BITS, rows << chunk_shift(width))
+        else:
+            out[region] = (width, rows)
+    return out
+
+
+def chunk_bytes(config, region, rows):
+    """Rows of a CHUNKED ``region`` as little-endian bytes (uint8 array (n, row bytes)) → its
+    host words' bytes (uint8 array (n << k, 4)), each row padded to whole words."""
+    k = chunk_shift(memory_map(config)[region][0])
+    rows = np.asarray(rows, dtype=np.uint8)
+    pad = (CHUNK_BITS // 8 << k) - rows.shape[1]
+    return np.pad(rows, ((0, 0), (0, pad))).reshape(-1, CHUNK_BITS // 8)
+
+
+def row_words(config, region, rows):
+    """Host words of consecutive rows (ints) of a CHUNKED ``region``, from its first word."""
+    width = memory_map(config)[region][0]
+    n = 1 << chunk_shift(width)
+    mask = (1 << CHUNK_BITS) - 1
+    return [row >> (CHUNK_BITS * k) & mask for row in rows for k in range(n)]
 
 
 #: The run command (CTRL index 0, written) and the status word (read).

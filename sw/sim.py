@@ -573,15 +573,18 @@ class SimBackend:
         if self._uploaded.get(id(dev)) == digest:
             return image
         R, C = cfg.rows, cfg.cols
-        regions = layout.region_map(cfg)
         used = max(p.desc["wbase"] + p.weight_words for p in image.plans)
         used = -(-used // C) * C
         flat = image.weights.transpose(1, 0, 2).reshape(-1, R)[:used]
-        cmds = dev.write_commands(Region.WEIGHT, 0, flat.view(np.uint8))
+        cmds = dev.write_commands(Region.WEIGHT, 0,
+                                  layout.chunk_bytes(cfg, Region.WEIGHT, flat.view(np.uint8)))
+        rows = layout.memory_map(cfg)
         for region, values in ((Region.MASK, image.masks), (Region.PARAM, image.params),
                                (Region.DESC, image.descriptors)):
-            wb = proto.word_bytes(regions[region][0])
-            cmds += dev.write_commands(region, 0, _word_bytes(values, wb))
+            data = _word_bytes(values, proto.word_bytes(rows[region][0]))
+            if region in layout.CHUNKED:
+                data = layout.chunk_bytes(cfg, region, data)
+            cmds += dev.write_commands(region, 0, data)
         dev.transact(cmds)
         self._uploaded[id(dev)] = digest
         return image

@@ -75,16 +75,19 @@ def _lanes(word, n):
 async def load_program(bus, program):
     cfg = program.config
     image = layout.pack_program(program)
-    for i, word in enumerate(image.descriptors):
-        await bus.write(Region.DESC, i, word)
+
+    async def write_rows(region, rows):
+        for i, word in enumerate(layout.row_words(cfg, region, rows)):
+            await bus.write(region, i, word)
+
+    await write_rows(Region.DESC, image.descriptors)
     used = max(p.desc["wbase"] + p.weight_words for p in image.plans)
-    for index in range(used):     # zero words too: an earlier program's weights may be there
-        bank, addr = index % cfg.cols, index // cfg.cols
-        await bus.write(Region.WEIGHT, index, _word(image.weights[bank, addr]))
+    # Zero words too: an earlier program's weights may be there.
+    await write_rows(Region.WEIGHT, [_word(image.weights[index % cfg.cols, index // cfg.cols])
+                                     for index in range(used)])
     for i, word in enumerate(image.masks):
         await bus.write(Region.MASK, i, word)
-    for i, word in enumerate(image.params):
-        await bus.write(Region.PARAM, i, word)
+    await write_rows(Region.PARAM, image.params)
     return image
 
 
@@ -246,7 +249,7 @@ async def test_bus_errors_change_nothing(dut):
         (True, Region.COUNT, 0, 1),                           # read only
         (True, Region.CTRL, 1, 1),                            # read only
         (True, 12, 0, 1),                                     # no such region
-        (False, Region.PARAM, cfg.param_words, 0),
+        (False, Region.PARAM, regions[Region.PARAM][1], 0),
     ]:
         _, err = await bus.access(write, region, index, value)
         assert err, (write, region, index)

@@ -147,7 +147,7 @@ BAD_FRAMES = [
     (_write(14, 0, [1]), proto.Status.BAD_REGION),
     (_write(Region.MASK, CFG.mask_words - 1, [1, 2]), proto.Status.OUT_OF_RANGE),
     (_write(Region.FLAG0, 0, [1, 2]), proto.Status.OUT_OF_RANGE),            # 2 > 1 bit
-    (_write(Region.PARAM, 0, [1, 1 << REGIONS[Region.PARAM][0], 1]),         # bit above
+    (_write(Region.MASK, 0, [1, 1 << REGIONS[Region.MASK][0], 1]),           # bit above
      proto.Status.OUT_OF_RANGE),
     (proto.command(proto.Op.READ, 4, b"\x00"), proto.Status.BAD_ARGUMENT),
     (proto.command(proto.Op.STATUS, 4, b"\x00"), proto.Status.BAD_ARGUMENT),
@@ -165,7 +165,6 @@ def test_errors_change_nothing_and_the_next_frame_works():
         assert ok == (proto.Status.OK, 70 + i, bytes([5, 0, 6, 0]))
     assert bus.mem[Region.MASK] == {0: 5, 1: 6}
     assert bus.mem[Region.FLAG0] == {}
-    assert bus.mem[Region.PARAM] == {}
 
 
 def test_a_refused_word_ends_the_write():
