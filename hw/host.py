@@ -1,10 +1,11 @@
 """The host interface: the framed byte-stream protocol of ``sw/protocol.py`` in front of the
 core's command/response bus.
 
-A frame is received whole into a buffer (so that a frame failing any check changes nothing),
-checked (length, checksum, operation, arguments, ranges, excess bits of every word), then
-executed word by word on the core's bus, and answered with one reply frame. Reply payloads come
-only from the core's responses.
+A frame is received whole into a buffer (so that a frame failing any check changes nothing;
+there are two, so the next frame arrives while one is executed), checked (length, checksum,
+operation, arguments, ranges, excess bits of every word), then executed word by word on the
+core's bus, and answered with one reply frame. Reply payloads come only from the core's
+responses.
 """
 
 import functools
@@ -51,12 +52,15 @@ class HostInterface(wiring.Component):
     Members
     -------
     rx : In(stream.Signature(8))
-        Bytes from the host. Not ready while a frame is being executed or answered.
+        Bytes from the host. A frame is received while the previous one is executed and
+        answered; not ready while a whole frame waits for its turn.
     tx : Out(stream.Signature(8))
         Reply bytes to the host.
     cmd : Out(stream.Signature(bus command))
     rsp : In(stream.Signature(bus response))
         The core's host bus (:class:`hw.core.Core`).
+    busy : Out(1)
+        A frame is being executed or answered, or waits for its turn.
     """
 
     def __init__(self, config):
@@ -67,6 +71,7 @@ class HostInterface(wiring.Component):
             "tx": Out(stream.Signature(8)),
             "cmd": Out(stream.Signature(cmd)),
             "rsp": In(stream.Signature(rsp)),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -75,57 +80,56 @@ class HostInterface(wiring.Component):
         max_wb = max(proto.word_bytes(w) for w, _ in regions.values())
         m = Module()
 
-        m.submodules.buf = buf = Memory(shape=unsigned(8), depth=_FRAME_BYTES, init=[])
+        # Two frame buffers: one frame is received while the previous one is executed.
+        m.submodules.buf = buf = Memory(shape=unsigned(8), depth=2 * _FRAME_BYTES, init=[])
         buf_w = buf.write_port()
         buf_r = buf.read_port()
 
-        # -- receive: unstuff into the buffer, keeping the header and a running checksum -------
-        n = Signal(range(_FRAME_BYTES + 2))     # body bytes received (saturates past the buffer)
-        overflow = Signal()
+        def region_facts(region):
+            """Facts of a region byte: bytes per word, depth, bits of a word's last byte that
+            must be zero, writable, known."""
+            wb = Signal(range(max_wb + 1))
+            depth = Signal(32)
+            top_mask = Signal(8)
+            writable = Signal()
+            known = Signal()
+            with m.Switch(region):
+                for r, (width, d) in regions.items():
+                    with m.Case(r):
+                        m.d.comb += [wb.eq(proto.word_bytes(width)), depth.eq(d), known.eq(1),
+                                     writable.eq(r < Region.COUNT),
+                                     top_mask.eq((0xFF << (width % 8 or 8)) & 0xFF)]
+            return wb, depth, top_mask, writable, known
+
+        # -- receive: unstuff into a buffer, keeping the header and a running checksum --------
+        rx_bank = Signal()                       # the buffer being received into
+        r_n = Signal(range(_FRAME_BYTES + 2))    # body bytes received (saturates past the buffer)
+        r_overflow = Signal()
         esc = Signal()
         in_frame = Signal()
         last2 = Signal(16)                       # the two latest bytes: the checksum at the end
         crc = Signal(16, init=0xFFFF)            # over all but the two latest bytes
-        op = Signal(8)
-        seq = Signal(8)
-        length = Signal(16)
-        arg = Signal(8 * _ARGS)
-        frame_done = Signal()
-        receiving = Signal()
+        r_header = Signal(8 * (proto.HEADER + _ARGS))   # op | seq | length | arguments
         vb = Signal(range(max_wb))               # byte of its word of the byte leaving last2
-        excess = Signal()                        # a payload word has bits above its width
-
-        region = arg[:8]
-        index = arg[8:40]
-        count = arg[40:56]
-        payload_len = Signal(16)
-        m.d.comb += payload_len.eq(n - proto.HEADER - proto.TRAILER)
-
-        # Per-region facts, looked up by the frame's region byte.
-        wb = Signal(range(max_wb + 1))           # bytes per word
-        depth = Signal(32)
-        top_mask = Signal(8)                     # bits of a word's last byte that must be zero
-        writable = Signal()
-        known = Signal()
-        with m.Switch(region):
-            for r, (width, d) in regions.items():
-                with m.Case(r):
-                    m.d.comb += [wb.eq(proto.word_bytes(width)), depth.eq(d), known.eq(1),
-                                 writable.eq(r < Region.COUNT),
-                                 top_mask.eq((0xFF << (width % 8 or 8)) & 0xFF)]
+        r_excess = Signal()                      # a payload word has bits above its width
+        pending = Signal()                       # a whole frame waits for the executor
+        take = Signal()                          # the executor takes it (and the buffer)
+        r_wb, _, r_top_mask, _, r_known = region_facts(r_header[8 * proto.HEADER:][:8])
 
         byte = Signal(8)
         got = Signal()
-        m.d.comb += [self.rx.ready.eq(receiving), byte.eq(self.rx.payload)]
+        m.d.comb += [self.rx.ready.eq(~pending), byte.eq(self.rx.payload)]
         restart = Signal()     # forget the frame in progress and start a new one
-        with m.If(restart):
-            m.d.sync += [in_frame.eq(1), esc.eq(0), n.eq(0), overflow.eq(0), crc.eq(0xFFFF),
-                         vb.eq(0), excess.eq(0)]
-        with m.If(self.rx.valid & receiving):
+        with m.If(restart | take):
+            m.d.sync += [in_frame.eq(1), esc.eq(0), r_n.eq(0), r_overflow.eq(0),
+                         crc.eq(0xFFFF), vb.eq(0), r_excess.eq(0)]
+        with m.If(take):
+            m.d.sync += [pending.eq(0), rx_bank.eq(~rx_bank)]
+        with m.If(self.rx.valid & self.rx.ready):
             with m.If(self.rx.payload == proto.FLAG):
-                # A flag ends the frame in progress (kept for checking) or opens one.
-                with m.If(in_frame & (n != 0)):
-                    m.d.comb += frame_done.eq(1)
+                # A flag ends the frame in progress (kept for the executor) or opens one.
+                with m.If(in_frame & (r_n != 0)):
+                    m.d.sync += pending.eq(1)
                 with m.Else():
                     m.d.comb += restart.eq(1)
             with m.Elif(in_frame):
@@ -136,32 +140,47 @@ class HostInterface(wiring.Component):
                 m.d.sync += esc.eq(~esc & (self.rx.payload == proto.ESC))
         with m.If(got):
             m.d.sync += last2.eq(Cat(last2[8:], byte))
-            with m.If(n >= 2):
+            with m.If(r_n >= 2):
                 m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
             # The byte leaving last2 is not the checksum: if it is a WRITE's payload byte, the
             # last byte of a word must have no bits above the region's width.
-            with m.If(known & (n >= proto.HEADER + _ARGS + 2)):
-                with m.If(vb == wb - 1):
-                    m.d.sync += [vb.eq(0), excess.eq(excess | (last2[:8] & top_mask).any())]
+            with m.If(r_known & (r_n >= proto.HEADER + _ARGS + 2)):
+                with m.If(vb == r_wb - 1):
+                    m.d.sync += [vb.eq(0),
+                                 r_excess.eq(r_excess | (last2[:8] & r_top_mask).any())]
                 with m.Else():
                     m.d.sync += vb.eq(vb + 1)
-            with m.If(n < _FRAME_BYTES):
-                m.d.comb += [buf_w.addr.eq(n), buf_w.data.eq(byte), buf_w.en.eq(1)]
-                m.d.sync += n.eq(n + 1)
+            with m.If(r_n < _FRAME_BYTES):
+                m.d.comb += [buf_w.addr.eq(r_n + Mux(rx_bank, _FRAME_BYTES, 0)),
+                             buf_w.data.eq(byte), buf_w.en.eq(1)]
+                m.d.sync += r_n.eq(r_n + 1)
             with m.Else():
-                m.d.sync += overflow.eq(1)
-            with m.Switch(n):
-                with m.Case(0):
-                    m.d.sync += op.eq(byte)
-                with m.Case(1):
-                    m.d.sync += seq.eq(byte)
-                with m.Case(2):
-                    m.d.sync += length[:8].eq(byte)
-                with m.Case(3):
-                    m.d.sync += length[8:].eq(byte)
-                for i in range(_ARGS):
-                    with m.Case(proto.HEADER + i):
-                        m.d.sync += arg[8 * i:8 * i + 8].eq(byte)
+                m.d.sync += r_overflow.eq(1)
+            with m.Switch(r_n):
+                for i in range(proto.HEADER + _ARGS):
+                    with m.Case(i):
+                        m.d.sync += r_header[8 * i:8 * i + 8].eq(byte)
+
+        # -- the frame being executed, as the receiver handed it over ---------------------------
+        x_bank = Signal()
+        n = Signal.like(r_n)
+        overflow = Signal()
+        crc_ok = Signal()
+        header = Signal.like(r_header)
+        excess = Signal()
+        with m.If(take):
+            m.d.sync += [x_bank.eq(rx_bank), n.eq(r_n), overflow.eq(r_overflow),
+                         crc_ok.eq(crc == last2), header.eq(r_header), excess.eq(r_excess)]
+        op = header[:8]
+        seq = Signal(8)
+        length = header[16:32]
+        arg = header[8 * proto.HEADER:]
+        region = arg[:8]
+        index = arg[8:40]
+        count = arg[40:56]
+        payload_len = Signal(16)
+        m.d.comb += payload_len.eq(n - proto.HEADER - proto.TRAILER)
+        wb, depth, _, writable, known = region_facts(region)
 
         # -- the reply ------------------------------------------------------------------------
         status = Signal(8)
@@ -204,10 +223,12 @@ class HostInterface(wiring.Component):
                     with m.If(last):
                         m.next = next_state
 
-        with m.FSM():
-            with m.State("RECEIVE"):
-                m.d.comb += receiving.eq(1)
-                with m.If(frame_done):
+        with m.FSM() as fsm:
+            m.d.comb += self.busy.eq(pending | ~fsm.ongoing("IDLE"))
+            with m.State("IDLE"):
+                with m.If(pending):
+                    m.d.comb += take.eq(1)
+                    m.d.sync += seq.eq(r_header[8:16])
                     m.next = "CHECK"
             with m.State("CHECK"):
                 m.d.sync += [status.eq(proto.Status.OK), rlen.eq(0), wi.eq(0),
@@ -220,7 +241,7 @@ class HostInterface(wiring.Component):
                 with m.Elif(overflow):
                     m.d.sync += status.eq(proto.Status.TOO_LONG)
                     m.next = "REPLY"
-                with m.Elif(crc != last2):
+                with m.Elif(~crc_ok):
                     m.d.sync += status.eq(proto.Status.BAD_CRC)
                     m.next = "REPLY"
                 with m.Elif(length > proto.MAX_PAYLOAD):
@@ -283,7 +304,8 @@ class HostInterface(wiring.Component):
                              cmd.data.eq(word), self.rsp.ready.eq(1),
                              accept.eq(self.cmd.valid & self.cmd.ready),
                              stall.eq(full & ~accept),
-                             buf_r.addr.eq(pos), buf_r.en.eq(~stall)]
+                             buf_r.addr.eq(pos + Mux(x_bank, _FRAME_BYTES, 0)),
+                             buf_r.en.eq(~stall)]
                 with m.If(accept):
                     m.d.sync += [wi.eq(wi + 1), full.eq(0)]
                 with m.If(~stall):
@@ -402,6 +424,5 @@ class HostInterface(wiring.Component):
             with m.State("END"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(proto.FLAG)]
                 with m.If(self.tx.ready):
-                    m.d.comb += restart.eq(1)
-                    m.next = "RECEIVE"
+                    m.next = "IDLE"
         return m

@@ -24,10 +24,10 @@ class Top(wiring.Component):
     tx : Out(stream.Signature(8))
         Reply bytes.
     busy : Out(1)
-        The device has work in hand that needs no further input: a run is in progress, or the
-        host interface is checking, executing or answering a frame (it is not waiting for
-        bytes), or a reply byte is waiting. A simulator may stop clocking while it is low and no
-        input is pending; nothing changes then.
+        The device has work in hand that needs no further input: a run is in progress, the
+        host interface is checking, executing or answering a frame or holds a whole frame
+        waiting for its turn, or a reply byte is waiting. A simulator may stop clocking while
+        it is low and no input is pending; nothing changes then.
 
     With ``reset_less=True`` (the simulator's build) the ``sync`` domain is defined inside, with
     no reset: the only domain port is ``clk`` and every register starts from its initial value.
@@ -58,5 +58,5 @@ class Top(wiring.Component):
         wiring.connect(m, core.rsp, host.rsp)
         wiring.connect(m, wiring.flipped(self.rx), host.rx)
         wiring.connect(m, host.tx, wiring.flipped(self.tx))
-        m.d.comb += self.busy.eq(core.busy | ~host.rx.ready | host.tx.valid)
+        m.d.comb += self.busy.eq(core.busy | host.busy | host.tx.valid)
         return m
