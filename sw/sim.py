@@ -606,6 +606,7 @@ class SimBackend:
         in_n = -(-plans[0].in_words // NB) * NB
         out_n = -(-plans[-1].out_words // NB) * NB
         out_region = Region.ACT0 if L % 2 == 0 else Region.ACT1
+        ahead = out_region != Region.ACT0      # the next input may be written before read-back
         ncount = L * len(COUNTERS)
         outputs = np.zeros((n, cfg.act_words, cfg.cols), dtype=np.int8)
         counts = np.zeros((n, L, len(COUNTERS)), dtype=np.int64)
@@ -624,23 +625,35 @@ class SimBackend:
             reads = (dev.read_commands(out_region, 0, out_n)
                      + dev.read_commands(Region.COUNT, 0, ncount))
 
-            def commands(i):
-                cmds = dev.write_commands(Region.ACT0, 0, words[i, :in_n].view(np.uint8))
-                cmds += dev.write_commands(Region.FLAG0, 0,
-                                           flags[i, :in_n].astype(np.uint8)[:, None])
+            def writes(i):
+                return (dev.write_commands(Region.ACT0, 0, words[i, :in_n].view(np.uint8))
+                        + dev.write_commands(Region.FLAG0, 0,
+                                             flags[i, :in_n].astype(np.uint8)[:, None]))
+
+            def commands(k):
+                """Image images[k]'s commands: its input (unless sent with the previous image's),
+                the run, and the read-back; when the output is not in the input's buffer, the
+                next image's input goes before the read-back, so that the device receives it
+                during the run."""
+                i = images[k]
+                cmds = writes(i) if k == 0 or not ahead else []
                 k_run = len(cmds)
                 cmds.append((Op.RUN, run_word))
+                if ahead and k + 1 < len(images):
+                    cmds += writes(images[k + 1])
+                k_read = len(cmds)
                 cmds += reads
                 timeouts = [self.timeout] * len(cmds)
                 timeouts[k_run] = self.run_timeout
-                return cmds, k_run, timeouts
+                return cmds, (k_run, k_read), timeouts
 
-            def finish(i, replies, k_run):
+            def finish(i, replies, at):
+                k_run, k_read = at
                 status = layout.unpack_status(int.from_bytes(replies[k_run], "little"))
                 if status["error"] or not status["done"] or status["busy"]:
                     raise ProtocolError(f"image {i}: the run ended with status {status}")
                 cycles[i] = status["cycles"]
-                rest = b"".join(replies[k_run + 1:])
+                rest = b"".join(replies[k_read:])
                 ob = out_n * cfg.cols
                 outputs[i, :out_n] = np.frombuffer(rest[:ob], dtype=np.int8).reshape(out_n, -1)
                 counts[i] = np.frombuffer(rest[ob:], dtype="<u4").reshape(L, len(COUNTERS))
@@ -651,10 +664,10 @@ class SimBackend:
             # Two images in flight: the device starts on the next image while we unpack one.
             inflight = collections.deque()
             try:
-                for i in images:
+                for k, i in enumerate(images):
                     if failed.is_set():
                         break                # another part failed: its error is raised
-                    cmds, k_run, timeouts = commands(i)
+                    cmds, k_run, timeouts = commands(k)
                     if 2 * len(cmds) > dev.WINDOW:
                         finish(i, dev.transact(cmds, timeouts), k_run)
                         continue
