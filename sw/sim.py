@@ -508,6 +508,8 @@ class SimBackend:
                  workers=None):
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive integer, not {workers!r}")
+        if device is not None and workers not in (None, 1):
+            raise ValueError("workers: a given device is one accelerator (workers=1)")
         self.device = device      # a Device to use instead of simulators of our own
         self.trace = trace
         self.progress = progress

@@ -241,9 +241,11 @@ def test_own_simulators_share_a_batch(simproc, tiny):
     assert many.stats["extra"]["sim"]["cycles"] == one.stats["extra"]["sim"]["cycles"]
 
 
-def test_workers_must_be_positive():
+def test_workers_must_be_positive_and_own_simulators(simproc):
     with pytest.raises(ValueError, match="workers must be a positive integer, not 0"):
         Accelerator("sim", workers=0)
+    with pytest.raises(ValueError, match="a given device is one accelerator"):
+        Accelerator("sim", workers=2, device=simproc.device)
 
 
 def test_config_mismatch_is_refused(simproc, tiny):
