@@ -32,7 +32,7 @@ Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` mul
 32 × 16 bits), ``R/OW`` cycles per block; the writer runs concurrently on the previous block:
 ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
 block of a pool pair, an even ``xg`` of a pooled CHW row). A block whose last step is in cycle
-``t`` has its first write on ``wr`` in cycle ``t+6``.
+``t`` has its first write on ``wr`` in cycle ``t+7``.
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
@@ -315,8 +315,11 @@ class OutputStage(wiring.Component):
                              w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
                              w_mask.eq(done_geo.mask)]
 
+        # Lanes, in two register stages: V selects the words and masks their invalid lanes, the
+        # wr registers get their flags.
         eps = self.epsilon
         nflag = []
+        v_en = Signal(OW)
         for w in range(OW):
             lane = self.wr[w]
             co = w_co + w
@@ -335,18 +338,20 @@ class OutputStage(wiring.Component):
                 valid.append(Mux(w_hwc, co * C + c < desc.out_c, w_mask[c]))
             # w_mask[0]: the word has a pixel at all (a pooled tail block may have none).
             wvalid = Mux(w_hwc, co < desc.out_q, co < desc.out_c) & w_mask[0]
-            masked = [Mux(v, x, 0) for v, x in zip(valid, vals)]
-            small = Cat(*[Mux(x < 0, -x, x) <= eps for x in masked])
+            v_index = Signal.like(lane.index, name=f"v_index_{w}")
+            v_data = [Signal(act8, name=f"v_data_{w}_{c}") for c in range(C)]
+            m.d.sync += [v_en[w].eq(wbusy & wvalid), v_index.eq(index)]
+            m.d.sync += [v_data[c].eq(Mux(valid[c], vals[c], 0)) for c in range(C)]
+            small = Cat(*[Mux(x < 0, -x, x) <= eps for x in v_data])
             flag = Signal(name=f"flag_{w}")
             m.d.comb += flag.eq(small.all() & ~desc.last)
-            en = Signal(name=f"en_{w}")
-            m.d.comb += en.eq(wbusy & wvalid)
-            m.d.sync += [lane.en.eq(en), lane.index.eq(index), lane.flag.eq(flag & en)]
+            m.d.sync += [lane.en.eq(v_en[w]), lane.index.eq(v_index),
+                         lane.flag.eq(flag & v_en[w])]
             for c in range(C):
-                m.d.sync += lane.data[c].eq(Mux(flag, 0, masked[c]))
-            nflag.append(flag & en)
+                m.d.sync += lane.data[c].eq(Mux(flag, 0, v_data[c]))
+            nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
         m.d.comb += self.idle.eq(~i.valid & ~a_valid & ~b_valid & ~c_valid
-                                  & ~done & ~wbusy)
+                                  & ~done & ~wbusy & ~v_en.any())
         return m
