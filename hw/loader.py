@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (memory data) ─▶ o
+    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (memory data) ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -27,18 +27,19 @@ Pipeline
   behind (then the block cannot end earlier anyway). It registers the slot's bit index and its
   group's entry; **X** decodes them (kernel row and column, words, lanes) into A's registers.
 * **A** drives the activation and weight read ports, **D** receives the data (1-cycle read
-  latency) and forms the payload of ``o`` combinationally. Issue, X, A and D advance together
-  whenever D is empty or ``o`` accepts (a global stall); while they stall every read enable is
-  low, so the memories hold their outputs (``amaranth.lib.memory`` read-port semantics).
+  latency) and forms the slot from it, **O** holds the slot on ``o``. Issue, X, A, D and O
+  advance together whenever O is empty or ``o`` accepts (a global stall); while they stall
+  every read enable is low, so the memories hold their outputs (``amaranth.lib.memory``
+  read-port semantics).
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+8``
-(latch, setup, S0, P, S1, issue, X → A, D); ``done`` rises 2 cycles after the last slot's
-handshake, so start → done takes ``max(issued slots, scan cycles) + 9`` cycles with ``o`` always
-ready.
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+9``
+(latch, setup, S0, P, S1, issue, X → A, D, O); ``done`` rises 2 cycles after the last slot's
+handshake, so start → done takes ``max(issued slots, scan cycles) + 10`` cycles with ``o``
+always ready.
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
-issued slot at all costs its number of groups). ``o.valid`` is a register; ``o.payload`` is
-formed combinationally from the memory data inputs. A ``zero`` slot has ``act = wgt = 0``.
+issued slot at all costs its number of groups). ``o.valid`` and ``o.payload`` are registers.
+A ``zero`` slot has ``act = wgt = 0``.
 
 Memory interfaces (all reads have 1-cycle latency: the data of the address presented with an
 enabled read in cycle ``t`` is on the data input in cycle ``t+1`` and stays there until the next
@@ -256,8 +257,9 @@ class Loader(wiring.Component):
         s1_fcv = Signal(NB)
         blk_has = Signal()
 
-        # -- X, A and D stages ----------------------------------------------------------------
+        # -- X, A, D and O stages -------------------------------------------------------------
         adv = Signal()
+        o_valid = Signal()
         x_valid, x_first, x_last = Signal(), Signal(), Signal()
         xe = Signal(E)                          # the issued slot's group (mask unused)
         x_idx = Signal(range(max(G, 2)))
@@ -532,7 +534,7 @@ class Loader(wiring.Component):
                     ]
 
         # ==== A: read addresses ================================================================
-        m.d.comb += adv.eq(~d_valid | self.o.ready)
+        m.d.comb += adv.eq(~o_valid | self.o.ready)
         rd = Signal()
         m.d.comb += rd.eq(a_valid & adv & ~a_zero)
         act_en = Signal(NB)
@@ -565,7 +567,7 @@ class Loader(wiring.Component):
                 m.d.sync += [d_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), d_l[j].eq(a_l[j]),
                              d_v[j].eq(a_v[j])]
 
-        pl = self.o.payload
+        pl = Signal(slot_layout(cfg))           # D's slot, formed from the memory data
         act_words = Array([self.act_data[b].as_value() for b in range(NB)])
         for j in range(C):
             word = Signal(8 * C, name=f"d_word{j}")
@@ -581,10 +583,14 @@ class Loader(wiring.Component):
                         wsel[8 * r:8 * r + 8])
                 m.d.comb += pl.wgt[r * C + j].eq(Mux(d_zero, 0, v.as_signed()))
         m.d.comb += [
-            self.o.valid.eq(d_valid),
             pl.first.eq(d_first), pl.last.eq(d_last), pl.zero.eq(d_zero),
             pl.tag.cog.eq(d_cog), pl.tag.y.eq(d_y), pl.tag.xg.eq(d_xg),
         ]
+
+        # ==== O: the slot on o =================================================================
+        with m.If(adv):
+            m.d.sync += [o_valid.eq(d_valid), self.o.payload.eq(pl)]
+        m.d.comb += self.o.valid.eq(o_valid)
 
         # ==== control ==========================================================================
         with m.If(state == SETUP):
@@ -598,14 +604,14 @@ class Loader(wiring.Component):
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
         with m.If((state == DRAIN) & ~p_valid & ~s1_valid & (level == 0) & ~x_valid & ~a_valid
-                  & ~d_valid):
+                  & ~d_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), s1_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
-                a_valid.eq(0), d_valid.eq(0),
+                a_valid.eq(0), d_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
                 self.weight_bytes_read.eq(0), self.act_bytes_read.eq(0),
             ]
