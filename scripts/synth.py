@@ -210,7 +210,9 @@ def critical_paths(log):
         split = next((re.match(r"\s*(\d+\.\d+) ns logic, (\d+\.\d+) ns routing", b)
                       for b in body if "ns logic" in b), None)
         src = next((s.group(5) for s in steps if s.group(4) == "Source"), None)
-        sink = next((s.group(5) for s in reversed(steps) if s.group(4) == "Sink"), None)
+        # nextpnr 0.11 puts each arc's sink on a line of its own: "   Sink <cell>.<pin>"
+        sinks = [m.group(1) for b in body if (m := re.match(r"\s*Sink (\S+)", b))]
+        sink = sinks[-1] if sinks else None
         paths[clock] = {
             "clock": clock, "source": src, "sink": sink,
             "total_ns": float(steps[-1].group(3)) if steps else None,
