@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ A (addresses) ─▶ D (memory data) ─▶ o
+    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (memory data) ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -24,19 +24,22 @@ Pipeline
 * **issue** takes the FIFO head and emits one slot per cycle, lowest set bit first. It emits a
   group's final slot only once it knows whether that slot ends the block (the entry is followed
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
-  behind (then the block cannot end earlier anyway).
+  behind (then the block cannot end earlier anyway). It registers the slot's bit index and its
+  group's entry; **X** decodes them (kernel row and column, words, lanes) into A's registers.
 * **A** drives the activation and weight read ports, **D** receives the data (1-cycle read
-  latency) and forms the payload of ``o`` combinationally. A and D advance together whenever D is
-  empty or ``o`` accepts (a global stall); while they stall every read enable is low, so the
-  memories hold their outputs (``amaranth.lib.memory`` read-port semantics).
+  latency) and forms the slot from it, **O** holds the slot on ``o``. Issue, X, A, D and O
+  advance together whenever O is empty or ``o`` accepts (a global stall); while they stall
+  every read enable is low, so the memories hold their outputs (``amaranth.lib.memory``
+  read-port semantics).
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+7``
-(latch, setup, S0, P, S1, issue → A, D); ``done`` rises 2 cycles after the last slot's handshake,
-so start → done takes ``max(issued slots, scan cycles) + 8`` cycles with ``o`` always ready.
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+9``
+(latch, setup, S0, P, S1, issue, X → A, D, O); ``done`` rises 2 cycles after the last slot's
+handshake, so start → done takes ``max(issued slots, scan cycles) + 10`` cycles with ``o``
+always ready.
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
-issued slot at all costs its number of groups). ``o.valid`` is a register; ``o.payload`` is
-formed combinationally from the memory data inputs. A ``zero`` slot has ``act = wgt = 0``.
+issued slot at all costs its number of groups). ``o.valid`` and ``o.payload`` are registers.
+A ``zero`` slot has ``act = wgt = 0``.
 
 Memory interfaces (all reads have 1-cycle latency: the data of the address presented with an
 enabled read in cycle ``t`` is on the data input in cycle ``t+1`` and stays there until the next
@@ -254,8 +257,13 @@ class Loader(wiring.Component):
         s1_fcv = Signal(NB)
         blk_has = Signal()
 
-        # -- A and D stages -------------------------------------------------------------------
+        # -- X, A, D and O stages -------------------------------------------------------------
         adv = Signal()
+        o_valid = Signal()
+        x_valid, x_first, x_last = Signal(), Signal(), Signal()
+        xe = Signal(E)                          # the issued slot's group (mask unused)
+        x_idx = Signal(range(max(G, 2)))
+        x_low = Signal(NB)
         a_valid, a_zero, a_first, a_last = Signal(), Signal(), Signal(), Signal()
         a_cog, a_y, a_xg = Signal(ch), Signal(wd), Signal(wd)
         a_t = Signal(signed(ASW))
@@ -489,42 +497,44 @@ class Loader(wiring.Component):
         with m.If(fire_i):
             m.d.sync += [done_bits.eq(Mux(final, 0, done_bits | low)),
                          started.eq(~(final & head.last))]
+        with m.If(adv):
+            m.d.sync += [x_valid.eq(fire_i), x_first.eq(~started), x_last.eq(final & head.last),
+                         xe.eq(head), x_idx.eq(idx), x_low.eq(low[:NB])]
 
-        # decode the slot of bit idx
+        # ==== X: decode the slot of bit x_idx ===================================================
         ky_t = Array([Const(min(b // KM, KM - 1), range(KM)) for b in range(max(G, 2))])
         kx_t = Array([Const(b % KM, range(KM)) for b in range(max(G, 2))])
         soff_t = Array(soff + [Const(0)] * (max(G, 2) - KM * KM))
         ky = Signal(range(max(KM, 2)))
         kx = Signal(range(max(KM, 2)))
-        m.d.comb += [ky.eq(ky_t[idx]), kx.eq(kx_t[idx])]
-        rv = head.rowv.bit_select(ky, 1)
+        m.d.comb += [ky.eq(ky_t[x_idx]), kx.eq(kx_t[x_idx])]
+        rv = xe.rowv.bit_select(ky, 1)
         with m.If(adv):
             m.d.sync += [
-                a_valid.eq(fire_i), a_zero.eq(head.zero),
-                a_first.eq(~started), a_last.eq(final & head.last),
-                a_cog.eq(head.cog), a_y.eq(head.y), a_xg.eq(head.xg),
+                a_valid.eq(x_valid), a_zero.eq(xe.zero), a_first.eq(x_first), a_last.eq(x_last),
+                a_cog.eq(xe.cog), a_y.eq(xe.y), a_xg.eq(xe.xg),
             ]
             with m.If(is_fc):
-                m.d.sync += [a_t.eq(head.tk[0]), a_rot.eq(0), a_used.eq(low[:NB]),
-                             a_wb.eq(head.wb), a_soff.eq(idx)]
+                m.d.sync += [a_t.eq(xe.tk[0]), a_rot.eq(0), a_used.eq(x_low),
+                             a_wb.eq(xe.wb), a_soff.eq(x_idx)]
                 for j in range(C):
-                    m.d.sync += [a_o[j].eq(idx), a_l[j].eq(j), a_v[j].eq(~head.zero)]
+                    m.d.sync += [a_o[j].eq(x_idx), a_l[j].eq(j), a_v[j].eq(~xe.zero)]
             with m.Else():
                 m.d.sync += [
-                    a_t.eq(head.tk[ky]),
-                    a_rot.eq(_low(head.ci, lgNB)),
-                    a_used.eq(Mux(rv, head.used.word_select(kx, NB), 0)),
-                    a_wb.eq(head.wb), a_soff.eq(soff_t[idx]),
+                    a_t.eq(xe.tk[ky]),
+                    a_rot.eq(_low(xe.ci, lgNB)),
+                    a_used.eq(Mux(rv, xe.used.word_select(kx, NB), 0)),
+                    a_wb.eq(xe.wb), a_soff.eq(soff_t[x_idx]),
                 ]
                 for j in range(C):
                     m.d.sync += [
                         a_o[j].eq(Array([offw[x][j] for x in range(KM)])[kx]),
                         a_l[j].eq(Array([lane[x][j] for x in range(KM)])[kx]),
-                        a_v[j].eq(rv & head.colv.bit_select(kx * C + j, 1) & ~head.zero),
+                        a_v[j].eq(rv & xe.colv.bit_select(kx * C + j, 1) & ~xe.zero),
                     ]
 
         # ==== A: read addresses ================================================================
-        m.d.comb += adv.eq(~d_valid | self.o.ready)
+        m.d.comb += adv.eq(~o_valid | self.o.ready)
         rd = Signal()
         m.d.comb += rd.eq(a_valid & adv & ~a_zero)
         act_en = Signal(NB)
@@ -557,7 +567,7 @@ class Loader(wiring.Component):
                 m.d.sync += [d_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), d_l[j].eq(a_l[j]),
                              d_v[j].eq(a_v[j])]
 
-        pl = self.o.payload
+        pl = Signal(slot_layout(cfg))           # D's slot, formed from the memory data
         act_words = Array([self.act_data[b].as_value() for b in range(NB)])
         for j in range(C):
             word = Signal(8 * C, name=f"d_word{j}")
@@ -573,10 +583,14 @@ class Loader(wiring.Component):
                         wsel[8 * r:8 * r + 8])
                 m.d.comb += pl.wgt[r * C + j].eq(Mux(d_zero, 0, v.as_signed()))
         m.d.comb += [
-            self.o.valid.eq(d_valid),
             pl.first.eq(d_first), pl.last.eq(d_last), pl.zero.eq(d_zero),
             pl.tag.cog.eq(d_cog), pl.tag.y.eq(d_y), pl.tag.xg.eq(d_xg),
         ]
+
+        # ==== O: the slot on o =================================================================
+        with m.If(adv):
+            m.d.sync += [o_valid.eq(d_valid), self.o.payload.eq(pl)]
+        m.d.comb += self.o.valid.eq(o_valid)
 
         # ==== control ==========================================================================
         with m.If(state == SETUP):
@@ -589,14 +603,15 @@ class Loader(wiring.Component):
             empty = (L.cogs == 0) | ((L.kind != KIND_FC)
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
-        with m.If((state == DRAIN) & ~p_valid & ~s1_valid & (level == 0) & ~a_valid & ~d_valid):
+        with m.If((state == DRAIN) & ~p_valid & ~s1_valid & (level == 0) & ~x_valid & ~a_valid
+                  & ~d_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), s1_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
-                tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), a_valid.eq(0),
-                d_valid.eq(0),
+                tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
+                a_valid.eq(0), d_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
                 self.weight_bytes_read.eq(0), self.act_bytes_read.eq(0),
             ]

@@ -32,13 +32,13 @@ Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` mul
 32 × 16 bits), ``R/OW`` cycles per block; the writer runs concurrently on the previous block:
 ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
 block of a pool pair, an even ``xg`` of a pooled CHW row). A block whose last step is in cycle
-``t`` has its first write on ``wr`` in cycle ``t+5``.
+``t`` has its first write on ``wr`` in cycle ``t+7``.
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
 """
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -110,8 +110,7 @@ class OutputStage(wiring.Component):
 
         # ---- requantization pipeline --------------------------------------------------------
         step = Signal(range(U))
-        done = Signal()                  # res holds a complete block (tag in done_tag)
-        done_tag = Signal(tagl)
+        done = Signal()                  # res holds a complete block (geometry in done_geo)
         adv = Signal()                   # the pipeline advances this cycle
         go = Signal()                    # stage A takes a step of the block on i
         m.d.comb += [
@@ -162,17 +161,80 @@ class OutputStage(wiring.Component):
                 for j in range(C):
                     m.d.sync += b_p[w][j].eq(a_x[w][j] * a_m[w])
 
-        # Stage C: round, shift, ReLU, saturate into the result buffer.
-        res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
+        # The geometry of a block's words is worked out from its tag in stages C and D, so that
+        # the hand-off below only copies registers (done_geo).
+        pool, hwc = desc.pool, desc.out_hwc
+        aw = max(index_width(cfg), len(desc.out_s)) + 8
+        cow = len(desc.out_c) + R.bit_length() + 1
+        geo = data.StructLayout({
+            "pair": 1,          # first block of a pool pair: to pbuf
+            "hold": 1,          # pooled CHW row, even xg (not the last): to hold
+            "odd": 1,           # pooled CHW row, odd xg: its left half is in hold
+            "a0": aw,           # logical address of the first word
+            "co": cow,          # channel (CHW) or channel group k (HWC) of the first word
+            "J": C.bit_length(),     # columns (HWC) or 1 (CHW)
+            "mask": C,          # CHW: valid pixel lanes; HWC: all ones iff the block has a
+                                # pixel (else no word is written)
+        })
+
+        # Stage C: add the rounding constant; products of the block's geometry.
+        c_valid = Signal()
+        c_last = Signal()
+        c_step = Signal(range(U))
+        c_tag = Signal(tagl)
+        c_t = [[Signal(signed(50), name=f"c_t_{w}_{j}") for j in range(C)] for w in range(OW)]
+        c_s = [Signal(5, name=f"c_s_{w}") for w in range(OW)]
+        c_rowp = Signal(aw)             # CHW: row · out_p
+        c_cogs = Signal(aw)             # CHW: cog · R · out_s
+        c_pix = Signal(aw)              # HWC: pixel index of the first column
+        c_ncols = Signal(signed(len(desc.out_w) + len(b_tag.xg) + C.bit_length() + 2))
+        row = Mux(pool, b_tag.y >> 1, b_tag.y)
+        col0 = Mux(pool, b_tag.xg * H, b_tag.xg * C)
         with m.If(adv):
-            with m.If(b_valid & b_last):
-                m.d.sync += [done.eq(1), done_tag.eq(b_tag)]
+            m.d.sync += [c_valid.eq(b_valid), c_last.eq(b_last), c_step.eq(b_step),
+                         c_tag.eq(b_tag),
+                         c_rowp.eq(row * desc.out_p), c_cogs.eq(b_tag.cog * R * desc.out_s),
+                         c_pix.eq(row * desc.out_w + col0),
+                         c_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - col0)]
             for w in range(OW):
-                rnd = Signal(unsigned(32), name=f"rnd_{w}")
-                m.d.comb += rnd.eq((Const(1, 33) << b_s[w])[1:33])
+                rnd = (Const(1, 33) << b_s[w])[1:33]
+                m.d.sync += c_s[w].eq(b_s[w])
+                for j in range(C):
+                    m.d.sync += c_t[w][j].eq(b_p[w][j] + rnd)
+
+        # Stage D: shift, ReLU, saturate into the result buffer; the block's geometry.
+        res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
+        done_geo = Signal(geo)
+        ct = c_tag
+        xw = Mux(pool, ct.xg >> 1, ct.xg)
+        cc = Mux(pool, H, C)
+        with m.If(adv & c_valid & c_last):
+            m.d.sync += [done.eq(1),
+                         done_geo.pair.eq(pool & ~ct.y[0]),
+                         done_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0]
+                                          & (ct.xg != desc.xgs - 1)),
+                         done_geo.odd.eq(~hwc & ct.xg[0])]
+            with m.If(~hwc):
+                m.d.sync += [done_geo.a0.eq(c_cogs + c_rowp + xw), done_geo.co.eq(ct.cog * R),
+                             done_geo.J.eq(1)]
+                for jj in range(C):
+                    m.d.sync += done_geo.mask[jj].eq(xw * C + jj < Mux(pool, desc.out_w,
+                                                                         desc.conv_w))
+            with m.Else():
+                m.d.sync += [done_geo.a0.eq(c_pix * desc.out_q + ct.cog * KB),
+                             done_geo.co.eq(ct.cog * KB),
+                             done_geo.mask.eq(Mux(c_ncols > 0, -1, 0))]
+                with m.If(c_ncols >= cc):
+                    m.d.sync += done_geo.J.eq(cc)
+                with m.Elif(c_ncols <= 0):
+                    m.d.sync += done_geo.J.eq(1)    # no pixel: mask = 0 disables the words
+                with m.Else():
+                    m.d.sync += done_geo.J.eq(c_ncols)
+        with m.If(adv & c_valid):
+            for w in range(OW):
                 for j in range(C):
                     y = Signal(signed(50), name=f"y_{w}_{j}")
-                    m.d.comb += y.eq((b_p[w][j] + rnd) >> b_s[w])
+                    m.d.comb += y.eq(c_t[w][j] >> c_s[w])
                     ys = Signal(act8, name=f"ys_{w}_{j}")
                     with m.If(desc.relu & (y < 0)):
                         m.d.comb += ys.eq(0)
@@ -182,10 +244,9 @@ class OutputStage(wiring.Component):
                         m.d.comb += ys.eq(-128)
                     with m.Else():
                         m.d.comb += ys.eq(y[:8])
-                    with m.If(b_valid):
-                        for u in range(U):
-                            with m.If(b_step == u):
-                                m.d.sync += res[u * OW + w][j].eq(ys)
+                    for u in range(U):
+                        with m.If(c_step == u):
+                            m.d.sync += res[u * OW + w][j].eq(ys)
 
         # ---- hand-off: res → pool buffer / hold buffer / writer ------------------------------
         pbuf = [[Signal(act8, name=f"pbuf_{r}_{j}") for j in range(C)] for r in range(R)]
@@ -195,16 +256,8 @@ class OutputStage(wiring.Component):
                      _smax(res[r][2 * q + 1], pbuf[r][2 * q + 1])) for q in range(H)]
               for r in range(R)]
 
-        dt = done_tag
-        pool, hwc = desc.pool, desc.out_hwc
-        first_of_pair = Signal()
-        to_hold = Signal()
-        m.d.comb += [
-            first_of_pair.eq(pool & ~dt.y[0]),
-            to_hold.eq(pool & dt.y[0] & ~hwc & ~dt.xg[0] & (dt.xg != desc.xgs - 1)),
-        ]
         need_writer = Signal()
-        m.d.comb += need_writer.eq(done & ~first_of_pair & ~to_hold)
+        m.d.comb += need_writer.eq(done & ~done_geo.pair & ~done_geo.hold)
 
         wbusy = Signal()
         wlast = Signal()
@@ -216,14 +269,11 @@ class OutputStage(wiring.Component):
         w_U = Signal(range(U + 1))          # steps per column
         w_j = Signal(range(C))
         w_J = Signal(range(C + 1))          # columns (HWC) or 1 (CHW)
-        aw = max(index_width(cfg), len(desc.out_s)) + 8
         w_a = Signal(aw)                    # logical address of lane 0
         w_jbase = Signal(aw)
-        cow = len(desc.out_c) + R.bit_length() + 1
         w_co = Signal(cow)                  # channel (CHW) or channel group k (HWC) of lane 0
         w_k0 = Signal(cow)
-        w_mask = Signal(C)                  # CHW: valid pixel lanes; HWC: all ones iff the
-                                            # block has a pixel (else no word is written)
+        w_mask = Signal(C)                  # done_geo.mask of the block being written
 
         # ---- writer ---------------------------------------------------------------------------
         m.d.comb += wlast.eq(wbusy & (w_u == w_U - 1) & (w_j == w_J - 1))
@@ -240,13 +290,13 @@ class OutputStage(wiring.Component):
                              w_a.eq(w_a + Mux(w_hwc, OW, desc.out_s * OW))]
 
         with m.If(done & adv):
-            # Stage C may complete the next block in this very cycle (R/OW = 1).
-            m.d.sync += done.eq(b_valid & b_last)
-            with m.If(first_of_pair):
+            # Stage D may complete the next block in this very cycle (R/OW = 1).
+            m.d.sync += done.eq(c_valid & c_last)
+            with m.If(done_geo.pair):
                 for r in range(R):
                     for j in range(C):
                         m.d.sync += pbuf[r][j].eq(res[r][j])
-            with m.Elif(to_hold):
+            with m.Elif(done_geo.hold):
                 for r in range(R):
                     for q in range(H):
                         m.d.sync += hold[r][q].eq(pm[r][q])
@@ -255,39 +305,21 @@ class OutputStage(wiring.Component):
                     for j in range(C):
                         with m.If(~pool):
                             m.d.sync += wbuf[r][j].eq(res[r][j])
-                        with m.Elif(~hwc & dt.xg[0]):
+                        with m.Elif(done_geo.odd):
                             m.d.sync += wbuf[r][j].eq(hold[r][j] if j < H else pm[r][j - H])
                         with m.Else():
                             m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
-                # Geometry of the block's words.
-                row = Mux(pool, dt.y >> 1, dt.y)
-                xw = Mux(pool, dt.xg >> 1, dt.xg)
-                wlim = Mux(pool, desc.out_w, desc.conv_w)
-                cc = Mux(pool, H, C)
-                col0 = dt.xg * cc
-                ncols = Signal(signed(len(desc.out_w) + len(dt.xg) + C.bit_length() + 2))
-                m.d.comb += ncols.eq(wlim - col0)
-                m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), w_u.eq(0), w_j.eq(0)]
-                with m.If(~hwc):
-                    a0 = dt.cog * R * desc.out_s + row * desc.out_p + xw
-                    m.d.sync += [w_U.eq(U), w_J.eq(1), w_a.eq(a0), w_jbase.eq(a0),
-                                 w_co.eq(dt.cog * R), w_k0.eq(dt.cog * R)]
-                    for jj in range(C):
-                        m.d.sync += w_mask[jj].eq(xw * C + jj < wlim)
-                with m.Else():
-                    a0 = (row * desc.out_w + col0) * desc.out_q + dt.cog * KB
-                    m.d.sync += [w_U.eq(KB // OW), w_a.eq(a0), w_jbase.eq(a0),
-                                 w_co.eq(dt.cog * KB), w_k0.eq(dt.cog * KB),
-                                 w_mask.eq(Mux(ncols > 0, -1, 0))]
-                    with m.If(ncols >= cc):
-                        m.d.sync += w_J.eq(cc)
-                    with m.Elif(ncols <= 0):
-                        m.d.sync += w_J.eq(1)   # no pixel: w_mask = 0 disables the words
-                    with m.Else():
-                        m.d.sync += w_J.eq(ncols)
+                m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), w_u.eq(0), w_j.eq(0),
+                             w_U.eq(Mux(hwc, KB // OW, U)), w_J.eq(done_geo.J),
+                             w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
+                             w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
+                             w_mask.eq(done_geo.mask)]
 
+        # Lanes, in two register stages: V selects the words and masks their invalid lanes, the
+        # wr registers get their flags.
         eps = self.epsilon
         nflag = []
+        v_en = Signal(OW)
         for w in range(OW):
             lane = self.wr[w]
             co = w_co + w
@@ -306,17 +338,20 @@ class OutputStage(wiring.Component):
                 valid.append(Mux(w_hwc, co * C + c < desc.out_c, w_mask[c]))
             # w_mask[0]: the word has a pixel at all (a pooled tail block may have none).
             wvalid = Mux(w_hwc, co < desc.out_q, co < desc.out_c) & w_mask[0]
-            masked = [Mux(v, x, 0) for v, x in zip(valid, vals)]
-            small = Cat(*[Mux(x < 0, -x, x) <= eps for x in masked])
+            v_index = Signal.like(lane.index, name=f"v_index_{w}")
+            v_data = [Signal(act8, name=f"v_data_{w}_{c}") for c in range(C)]
+            m.d.sync += [v_en[w].eq(wbusy & wvalid), v_index.eq(index)]
+            m.d.sync += [v_data[c].eq(Mux(valid[c], vals[c], 0)) for c in range(C)]
+            small = Cat(*[Mux(x < 0, -x, x) <= eps for x in v_data])
             flag = Signal(name=f"flag_{w}")
             m.d.comb += flag.eq(small.all() & ~desc.last)
-            en = Signal(name=f"en_{w}")
-            m.d.comb += en.eq(wbusy & wvalid)
-            m.d.sync += [lane.en.eq(en), lane.index.eq(index), lane.flag.eq(flag & en)]
+            m.d.sync += [lane.en.eq(v_en[w]), lane.index.eq(v_index),
+                         lane.flag.eq(flag & v_en[w])]
             for c in range(C):
-                m.d.sync += lane.data[c].eq(Mux(flag, 0, masked[c]))
-            nflag.append(flag & en)
+                m.d.sync += lane.data[c].eq(Mux(flag, 0, v_data[c]))
+            nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        m.d.comb += self.idle.eq(~i.valid & ~a_valid & ~b_valid & ~done & ~wbusy)
+        m.d.comb += self.idle.eq(~i.valid & ~a_valid & ~b_valid & ~c_valid
+                                  & ~done & ~wbusy & ~v_en.any())
         return m

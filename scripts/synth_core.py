@@ -32,7 +32,7 @@ import traceback
 from pathlib import Path
 
 from readme import write_section
-from synth import TARGETS, _yosys_cells, format_table, synthesize, toolchain_env
+from synth import TARGETS, _yosys_cells, critical_paths, format_table, synthesize, toolchain_env
 
 from sw.config import CONFIGS
 
@@ -67,40 +67,6 @@ def demo_fit(config):
 
 
 # -- nextpnr log ----------------------------------------------------------------------------
-
-def critical_paths(log):
-    """Critical paths of a nextpnr log: [{clock, source, sink, total_ns, logic_ns,
-    routing_ns, report}] (the last report of each clock, i.e. after routing)."""
-    lines = Path(log).read_text(errors="replace").splitlines()
-    paths = {}
-    i = 0
-    while i < len(lines):
-        m = re.match(r"Info: Critical path report for clock '([^']+)'", lines[i])
-        if not m:
-            i += 1
-            continue
-        clock = m.group(1)
-        body = []
-        i += 1
-        while i < len(lines) and lines[i].startswith("Info:") and lines[i].strip() != "Info:":
-            body.append(lines[i][5:].rstrip())
-            i += 1
-        steps = [re.match(r"\s*(\S[\w-]*)\s+(-?\d+\.\d+)\s+(-?\d+\.\d+)\s+(\w+)\s+(.*)", b)
-                 for b in body]
-        steps = [s for s in steps if s]
-        split = next((re.match(r"\s*(\d+\.\d+) ns logic, (\d+\.\d+) ns routing", b)
-                      for b in body if "ns logic" in b), None)
-        src = next((s.group(5) for s in steps if s.group(4) == "Source"), None)
-        sink = next((s.group(5) for s in reversed(steps) if s.group(4) == "Sink"), None)
-        paths[clock] = {
-            "clock": clock, "source": src, "sink": sink,
-            "total_ns": float(steps[-1].group(3)) if steps else None,
-            "logic_ns": float(split.group(1)) if split else None,
-            "routing_ns": float(split.group(2)) if split else None,
-            "report": body,
-        }
-    return list(paths.values())
-
 
 def fmax_estimate(log):
     """The last "Max frequency" nextpnr reported (after placement it is an estimate), in MHz."""

@@ -488,11 +488,12 @@ async def test_throughput(dut):
                 res[mode, skip] = await check_layer(bench, cfg, prog, i, mode, skip, rng,
                                                     ready_prob=1.0, tag="perf")
         dense = res["dense", False]
-        # skipping off: one slot per cycle, block boundaries without bubbles
-        assert dense["cycles"] <= dense["slots"] + 10, dense
+        # skipping off: one slot per cycle, block boundaries without bubbles (plus the
+        # pipeline's latency, hw/loader.py "Timing")
+        assert dense["cycles"] <= dense["slots"] + 12, dense
         for mode in ("dense", "random", "zeros"):
             off, on = res[mode, False], res[mode, True]
-            assert off["cycles"] <= off["slots"] + 10, off
+            assert off["cycles"] <= off["slots"] + 12, off
             # skipping never costs cycles
             assert on["cycles"] <= off["cycles"] + 2, (off, on)
         rnd_off, rnd_on = res["random", False], res["random", True]

@@ -4,7 +4,7 @@ from docs/ARCHITECTURE.md."""
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -128,7 +128,10 @@ def test_schedule_matches_slot_by_slot_enumeration(seed, skip):
     xq = quantize_input(program, x)
     _, flags = forward(program, xq)
     stats = network_stats(program, flags, skip=skip)
-    image = layout.pack_program(program)
+    try:
+        image = layout.pack_program(program)
+    except layout.LayoutError:
+        reject()        # the random network does not fit SMALL's buffers
     for plan, f, st_ in zip(image.plans, flags, stats):
         hwc = plan.layer.kind == "fc"
         tiles = layout.tile_index(tuple(plan.layer.in_shape), hwc, SMALL)
