@@ -334,6 +334,7 @@ class Core(wiring.Component):
                     m.d.comb += desc_r.addr.eq(layer)
                     m.next = "DECODE"
             with m.State("DECODE"):
+                m.d.comb += out.start.eq(1)
                 m.d.sync += [desc.eq(desc_r.data), in_buf.eq(layer[0]), busy_time.eq(0),
                              last_write.eq(0), blocks_in.eq(0), blocks_out.eq(0)]
                 m.d.comb += [c.clear.eq(1) for c in counters.values()]

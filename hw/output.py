@@ -11,11 +11,17 @@ Ports
     registers only (never on anything downstream).
 ``desc``, ``epsilon``
     The current layer's descriptor and ε; they must stay constant while ``idle`` is low.
+``start``
+    High for a cycle when a layer starts (with its ``desc``, before its first block): the
+    parameter port's history is forgotten (it may have served someone else meanwhile) and the
+    parameters of ``cog`` 0 are fetched, so a layer's timing never depends on what ran before.
 ``param_addr`` (out), ``param_data`` (in, ``R·53`` bits, :func:`hw.tags.param_layout`)
     A read port of the output-parameter memory with one cycle of latency: ``param_data`` in
     cycle ``t`` must be the word at the ``param_addr`` of cycle ``t−1`` (a synchronous read
-    port, enabled always). ``param_addr = desc.pbase + i.payload.tag.cog``. A block waits one
-    cycle for its parameters only when its ``cog`` differs from the previous block's.
+    port, enabled always since the last ``start``). ``param_addr = desc.pbase + cog``, the
+    ``cog`` of the block on ``i`` or, while there is none, of the layer's previous block (0
+    before its first). A block waits one cycle for its parameters only when its ``cog``
+    differs from the previous block's.
 ``wr[w]`` for ``w < OW``: ``en``, ``index``, ``data``, ``flag``
     Registered write lanes; the lanes enabled in one cycle address distinct banks. A word is
     written exactly once; ``flag`` is the tile's flag bit (its data is then all zeros).
@@ -80,6 +86,7 @@ class OutputStage(wiring.Component):
             "i": In(stream.Signature(block_layout(config))),
             "desc": In(descriptor_layout(config)),
             "epsilon": In(8),
+            "start": In(1),
             "param_addr": Out(config.param_words.bit_length()),
             "param_data": In(param_layout(config)),
             "wr": Out(write_lane_signature(config)).array(OW),
@@ -103,8 +110,13 @@ class OutputStage(wiring.Component):
         # ---- parameters: param_data belongs to last cycle's param_addr ----------------------
         paddr_q = Signal.like(self.param_addr)
         paddr_ok = Signal()
-        m.d.comb += self.param_addr.eq(desc.pbase + i.payload.tag.cog)
+        cog_q = Signal.like(i.payload.tag.cog)      # the layer's previous block's cog
+        m.d.comb += self.param_addr.eq(desc.pbase + Mux(i.valid, i.payload.tag.cog, cog_q))
         m.d.sync += [paddr_q.eq(self.param_addr), paddr_ok.eq(1)]
+        with m.If(i.valid):
+            m.d.sync += cog_q.eq(i.payload.tag.cog)
+        with m.If(self.start):
+            m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
         params_ready = Signal()
         m.d.comb += params_ready.eq(paddr_ok & (paddr_q == self.param_addr))
 
