@@ -43,8 +43,9 @@ HARNESS = ROOT / "tb" / "harness" / "harness.cpp"
 #: Where the builds go (``$TILESKIP_BUILD_DIR`` overrides ``<repo>/build``).
 BUILD_DIR = Path(os.environ.get("TILESKIP_BUILD_DIR", ROOT / "build")) / "sim"
 
-#: Verilator options: see ``tb/runner.py`` for why each is there.
-VERILATOR_ARGS = ("-O3", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
+#: Verilator options: see ``tb/runner.py`` for why each is there. ``-fno-dfg`` (no data-flow
+#: graph optimisation) makes this design's model ~12% fewer instructions and ~6% faster.
+VERILATOR_ARGS = ("-O3", "-fno-dfg", "--x-assign", "fast", "--x-initial", "fast", "-Wno-fatal",
                   "-Wno-WIDTHEXPAND", "--output-split", "5000")
 #: C++ optimisation of the model, the Verilator runtime and the harness (make's OPT_FAST and
 #: OPT_GLOBAL, default -Os; -CFLAGS, which make adds to every compilation, also carries
