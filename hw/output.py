@@ -105,6 +105,8 @@ class OutputStage(wiring.Component):
         desc = self.desc
         i = self.i
         tagl = block_tag(cfg)
+        # A pipeline stage's control: a step of a block, its last one, the block's tag.
+        stage = data.StructLayout({"valid": 1, "last": 1, "step": range(U), "tag": tagl})
         act8 = signed(8)
 
         # ---- parameters: param_data belongs to last cycle's param_addr ----------------------
@@ -131,18 +133,15 @@ class OutputStage(wiring.Component):
         ]
 
         # Stage A: select accumulators (+ fc column sum) and add the bias.
-        a_valid = Signal()
-        a_last = Signal()
-        a_step = Signal(range(U))
-        a_tag = Signal(tagl)
+        sa = Signal(stage)
         a_x = [[Signal(signed(32), name=f"a_x_{w}_{j}") for j in range(C)] for w in range(OW)]
         a_m = [Signal(16, name=f"a_m_{w}") for w in range(OW)]
         a_s = [Signal(5, name=f"a_s_{w}") for w in range(OW)]
         accs = i.payload.acc
         pd = self.param_data
         with m.If(adv):
-            m.d.sync += [a_valid.eq(go), a_last.eq(step == U - 1), a_step.eq(step),
-                         a_tag.eq(i.payload.tag)]
+            m.d.sync += [sa.valid.eq(go), sa.last.eq(step == U - 1), sa.step.eq(step),
+                         sa.tag.eq(i.payload.tag)]
             with m.If(go):
                 m.d.sync += step.eq(Mux(step == U - 1, 0, step + 1))
             for w in range(OW):
@@ -159,15 +158,11 @@ class OutputStage(wiring.Component):
                 m.d.sync += [a_m[w].eq(mult), a_s[w].eq(shift)]
 
         # Stage B: multiply.
-        b_valid = Signal()
-        b_last = Signal()
-        b_step = Signal(range(U))
-        b_tag = Signal(tagl)
+        sb = Signal(stage)
         b_p = [[Signal(signed(49), name=f"b_p_{w}_{j}") for j in range(C)] for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
         with m.If(adv):
-            m.d.sync += [b_valid.eq(a_valid), b_last.eq(a_last), b_step.eq(a_step),
-                         b_tag.eq(a_tag)]
+            m.d.sync += sb.eq(sa)
             for w in range(OW):
                 m.d.sync += b_s[w].eq(a_s[w])
                 for j in range(C):
@@ -190,22 +185,18 @@ class OutputStage(wiring.Component):
         })
 
         # Stage C: add the rounding constant; products of the block's geometry.
-        c_valid = Signal()
-        c_last = Signal()
-        c_step = Signal(range(U))
-        c_tag = Signal(tagl)
+        sc = Signal(stage)
         c_t = [[Signal(signed(50), name=f"c_t_{w}_{j}") for j in range(C)] for w in range(OW)]
         c_s = [Signal(5, name=f"c_s_{w}") for w in range(OW)]
         c_rowp = Signal(aw)             # CHW: row · out_p
         c_cogs = Signal(aw)             # CHW: cog · R · out_s
         c_pix = Signal(aw)              # HWC: pixel index of the first column
-        c_ncols = Signal(signed(len(desc.out_w) + len(b_tag.xg) + C.bit_length() + 2))
-        row = Mux(pool, b_tag.y >> 1, b_tag.y)
-        col0 = Mux(pool, b_tag.xg * H, b_tag.xg * C)
+        c_ncols = Signal(signed(len(desc.out_w) + len(sb.tag.xg) + C.bit_length() + 2))
+        row = Mux(pool, sb.tag.y >> 1, sb.tag.y)
+        col0 = Mux(pool, sb.tag.xg * H, sb.tag.xg * C)
         with m.If(adv):
-            m.d.sync += [c_valid.eq(b_valid), c_last.eq(b_last), c_step.eq(b_step),
-                         c_tag.eq(b_tag),
-                         c_rowp.eq(row * desc.out_p), c_cogs.eq(b_tag.cog * R * desc.out_s),
+            m.d.sync += [sc.eq(sb),
+                         c_rowp.eq(row * desc.out_p), c_cogs.eq(sb.tag.cog * R * desc.out_s),
                          c_pix.eq(row * desc.out_w + col0),
                          c_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - col0)]
             for w in range(OW):
@@ -217,10 +208,10 @@ class OutputStage(wiring.Component):
         # Stage D: shift, ReLU, saturate into the result buffer; the block's geometry.
         res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
         done_geo = Signal(geo)
-        ct = c_tag
+        ct = sc.tag
         xw = Mux(pool, ct.xg >> 1, ct.xg)
         cc = Mux(pool, H, C)
-        with m.If(adv & c_valid & c_last):
+        with m.If(adv & sc.valid & sc.last):
             m.d.sync += [done.eq(1),
                          done_geo.pair.eq(pool & ~ct.y[0]),
                          done_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0]
@@ -242,7 +233,7 @@ class OutputStage(wiring.Component):
                     m.d.sync += done_geo.J.eq(1)    # no pixel: mask = 0 disables the words
                 with m.Else():
                     m.d.sync += done_geo.J.eq(c_ncols)
-        with m.If(adv & c_valid):
+        with m.If(adv & sc.valid):
             for w in range(OW):
                 for j in range(C):
                     y = Signal(signed(50), name=f"y_{w}_{j}")
@@ -257,7 +248,7 @@ class OutputStage(wiring.Component):
                     with m.Else():
                         m.d.comb += ys.eq(y[:8])
                     for u in range(U):
-                        with m.If(c_step == u):
+                        with m.If(sc.step == u):
                             m.d.sync += res[u * OW + w][j].eq(ys)
 
         # ---- hand-off: res → pool buffer / hold buffer / writer ------------------------------
@@ -303,7 +294,7 @@ class OutputStage(wiring.Component):
 
         with m.If(done & adv):
             # Stage D may complete the next block in this very cycle (R/OW = 1).
-            m.d.sync += done.eq(c_valid & c_last)
+            m.d.sync += done.eq(sc.valid & sc.last)
             with m.If(done_geo.pair):
                 for r in range(R):
                     for j in range(C):
@@ -364,6 +355,6 @@ class OutputStage(wiring.Component):
             nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        m.d.comb += self.idle.eq(~i.valid & ~a_valid & ~b_valid & ~c_valid
+        m.d.comb += self.idle.eq(~i.valid & ~sa.valid & ~sb.valid & ~sc.valid
                                   & ~done & ~wbusy & ~v_en.any())
         return m
