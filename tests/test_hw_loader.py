@@ -1,14 +1,10 @@
 """hw/loader.py on Verilator: the cocotb bench tb/test_loader.py, one build per configuration."""
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from sw.config import Config
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_channels=16,
                max_width=16, act_words=512, weight_words=1024, mask_words=256, param_words=32)
@@ -23,18 +19,14 @@ COCOTB_TESTS = ("test_all_layers_dense_and_sparse", "test_pruned_weights", "test
 
 @pytest.fixture(scope="module", params=[SMALL, WIDE], ids=["small", "wide"])
 def sim(request):
-    from hw.build import write_verilog
     from hw.loader import Loader
     from tb import runner
 
     cfg = request.param
-    key = hashlib.sha256(cfg.key().encode()).hexdigest()[:12]
-    build_dir = ROOT / "build" / "hw_loader" / key
-    src = write_verilog(Loader(cfg), "loader", build_dir)
-    sim = runner.build("loader", [src], build_dir, internals=False)
+    sim = runner.build_component(Loader(cfg), "loader", cfg, internals=False)
     env = {"TILESKIP_CONFIG": json.dumps(cfg.to_dict()),
-           "TILESKIP_LOADER_PERF": str(build_dir / "perf.jsonl")}
-    return runner, sim, env, build_dir
+           "TILESKIP_LOADER_PERF": str(sim.build_dir / "perf.jsonl")}
+    return runner, sim, env, sim.build_dir
 
 
 @pytest.mark.parametrize("testcase", COCOTB_TESTS)
