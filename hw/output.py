@@ -7,8 +7,8 @@ Ports
 ``i``
     Block stream from the PE array. The block's accumulators are read straight from
     ``i.payload`` over ``R/OW`` cycles; the block is accepted (``i.ready``) in its last
-    requantization step. ``i.ready`` depends on ``i.valid``, ``i.payload.tag``, ``desc`` and
-    registers only (never on anything downstream).
+    requantization step. ``i.ready`` is a register compare (high in a block's last step; a
+    source must hold a block until it is accepted, as streams do).
 ``desc``, ``epsilon``
     The current layer's descriptor and ε; they must stay constant while ``idle`` is low.
 ``start``
@@ -18,10 +18,10 @@ Ports
 ``param_addr`` (out), ``param_data`` (in, ``R·53`` bits, :func:`hw.tags.param_layout`)
     A read port of the output-parameter memory with one cycle of latency: ``param_data`` in
     cycle ``t`` must be the word at the ``param_addr`` of cycle ``t−1`` (a synchronous read
-    port, enabled always since the last ``start``). ``param_addr = desc.pbase + cog``, the
-    ``cog`` of the block on ``i`` or, while there is none, of the layer's previous block (0
-    before its first). A block waits one cycle for its parameters only when its ``cog``
-    differs from the previous block's.
+    port, enabled always since the last ``start``); the stage registers it before use.
+    ``param_addr = desc.pbase + cog``, the ``cog`` of the block on ``i`` or, while there is
+    none, of the layer's previous block (0 before its first). A block waits two cycles for its
+    parameters only when its ``cog`` differs from the previous block's.
 ``wr[w]`` for ``w < OW``: ``en``, ``index``, ``data``, ``flag``
     Registered write lanes; the lanes enabled in one cycle address distinct banks. A word is
     written exactly once; ``flag`` is the tile's flag bit (its data is then all zeros).
@@ -37,8 +37,10 @@ Throughput and latency
 Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` multipliers of
 32 × 16 bits), ``R/OW`` cycles per block; the writer runs concurrently on the previous block:
 ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
-block of a pool pair, an even ``xg`` of a pooled CHW row). A block whose last step is in cycle
-``t`` has its first write on ``wr`` in cycle ``t+7``.
+block of a pool pair, an even ``xg`` of a pooled CHW row) — never more than ``R/OW``, so the
+pipeline never waits for the writer and has no stall signal at all. A block whose last step is
+in cycle ``t`` has its first write on ``wr`` in cycle ``t+9`` (``t+10`` when pooled: the 2×2
+maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
@@ -109,64 +111,89 @@ class OutputStage(wiring.Component):
         stage = data.StructLayout({"valid": 1, "last": 1, "step": range(U), "tag": tagl})
         act8 = signed(8)
 
-        # ---- parameters: param_data belongs to last cycle's param_addr ----------------------
+        # ---- parameters: param_data belongs to last cycle's param_addr; it is registered
+        # (pd) before use, so pd is the word at the param_addr of two cycles ago.
         paddr_q = Signal.like(self.param_addr)
-        paddr_ok = Signal()
+        paddr_qq = Signal.like(self.param_addr)
+        paddr_ok = Signal(2)                        # shift register: 0b11 two cycles after start
+        pd = Signal.like(self.param_data)
         cog_q = Signal.like(i.payload.tag.cog)      # the layer's previous block's cog
         m.d.comb += self.param_addr.eq(desc.pbase + Mux(i.valid, i.payload.tag.cog, cog_q))
-        m.d.sync += [paddr_q.eq(self.param_addr), paddr_ok.eq(1)]
+        m.d.sync += [paddr_q.eq(self.param_addr), paddr_qq.eq(paddr_q),
+                     paddr_ok.eq(Cat(1, paddr_ok[0])), pd.eq(self.param_data)]
         with m.If(i.valid):
             m.d.sync += cog_q.eq(i.payload.tag.cog)
         with m.If(self.start):
             m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
         params_ready = Signal()
-        m.d.comb += params_ready.eq(paddr_ok & (paddr_q == self.param_addr))
+        m.d.comb += params_ready.eq(paddr_ok[1] & (paddr_qq == self.param_addr))
 
         # ---- requantization pipeline --------------------------------------------------------
+        # It never stalls: a block's steps enter stage A1 at most one per cycle, so consecutive
+        # blocks reach the hand-off at least U cycles apart, and the writer needs at most U
+        # cycles for a block (module docstring), so it is always free in time.
         step = Signal(range(U))
         done = Signal()                  # res holds a complete block (geometry in done_geo)
-        adv = Signal()                   # the pipeline advances this cycle
-        go = Signal()                    # stage A takes a step of the block on i
+        go = Signal()                    # stage A1 takes a step of the block on i
+        # Within a block (step > 0) the block stays on i and its parameters stay ready, so the
+        # block is accepted exactly when its last step is taken: i.ready is a register compare.
         m.d.comb += [
-            go.eq(i.valid & params_ready & adv),
-            i.ready.eq(go & (step == U - 1)),
+            go.eq(i.valid & params_ready),
+            i.ready.eq(step == U - 1),
         ]
 
-        # Stage A: select accumulators (+ fc column sum) and add the bias.
-        sa = Signal(stage)
-        a_x = [[Signal(signed(32), name=f"a_x_{w}_{j}") for j in range(C)] for w in range(OW)]
+        # Stage A1: select the step's accumulators and parameters.
+        s1 = Signal(stage)
+        x1 = [[Signal(signed(32), name=f"x1_{w}_{j}") for j in range(C)] for w in range(OW)]
+        a_b = [Signal(signed(32), name=f"a_b_{w}") for w in range(OW)]
         a_m = [Signal(16, name=f"a_m_{w}") for w in range(OW)]
         a_s = [Signal(5, name=f"a_s_{w}") for w in range(OW)]
         accs = i.payload.acc
-        pd = self.param_data
-        with m.If(adv):
-            m.d.sync += [sa.valid.eq(go), sa.last.eq(step == U - 1), sa.step.eq(step),
-                         sa.tag.eq(i.payload.tag)]
-            with m.If(go):
-                m.d.sync += step.eq(Mux(step == U - 1, 0, step + 1))
-            for w in range(OW):
-                bias = Array(pd[r].bias for r in range(w, R, OW))[step]
-                mult = Array(pd[r].mult for r in range(w, R, OW))[step]
-                shift = Array(pd[r].shift for r in range(w, R, OW))[step]
-                for j in range(C):
-                    x = Array(accs[r * C + j] for r in range(w, R, OW))[step]
-                    if j == 0:
-                        fsum = Array(sum(accs[r * C + jj] for jj in range(C))[:32].as_signed()
-                                     for r in range(w, R, OW))[step]
-                        x = Mux(desc.kind == 1, fsum, x)
-                    m.d.sync += a_x[w][j].eq((x + bias)[:32].as_signed())
-                m.d.sync += [a_m[w].eq(mult), a_s[w].eq(shift)]
+        m.d.sync += [s1.valid.eq(go), s1.last.eq(step == U - 1), s1.step.eq(step),
+                     s1.tag.eq(i.payload.tag)]
+        with m.If(go):
+            m.d.sync += step.eq(Mux(step == U - 1, 0, step + 1))
+        for w in range(OW):
+            m.d.sync += [a_b[w].eq(Array(pd[r].bias for r in range(w, R, OW))[step]),
+                         a_m[w].eq(Array(pd[r].mult for r in range(w, R, OW))[step]),
+                         a_s[w].eq(Array(pd[r].shift for r in range(w, R, OW))[step])]
+            for j in range(C):
+                m.d.sync += x1[w][j].eq(Array(accs[r * C + j] for r in range(w, R, OW))[step])
+
+        # Stage A2: fc: the column sum into column 0.
+        s2 = Signal(stage)
+        x2 = [[Signal(signed(32), name=f"x2_{w}_{j}") for j in range(C)] for w in range(OW)]
+        b2 = [Signal(signed(32), name=f"b2_{w}") for w in range(OW)]
+        m2 = [Signal(16, name=f"m2_{w}") for w in range(OW)]
+        s2_s = [Signal(5, name=f"s2_s_{w}") for w in range(OW)]
+        m.d.sync += s2.eq(s1)
+        for w in range(OW):
+            m.d.sync += [b2[w].eq(a_b[w]), m2[w].eq(a_m[w]), s2_s[w].eq(a_s[w])]
+            fsum = sum(x1[w])[:32].as_signed()
+            m.d.sync += x2[w][0].eq(Mux(desc.kind == 1, fsum, x1[w][0]))
+            for j in range(1, C):
+                m.d.sync += x2[w][j].eq(x1[w][j])
+
+        # Stage A: add the bias.
+        sa = Signal(stage)
+        a_x = [[Signal(signed(32), name=f"a_x_{w}_{j}") for j in range(C)] for w in range(OW)]
+        a_m2 = [Signal(16, name=f"a_m2_{w}") for w in range(OW)]
+        a_s2 = [Signal(5, name=f"a_s2_{w}") for w in range(OW)]
+        m.d.sync += sa.eq(s2)
+        for w in range(OW):
+            m.d.sync += [a_m2[w].eq(m2[w]), a_s2[w].eq(s2_s[w])]
+            for j in range(C):
+                m.d.sync += a_x[w][j].eq((x2[w][j] + b2[w])[:32].as_signed())
 
         # Stage B: multiply.
         sb = Signal(stage)
         b_p = [[Signal(signed(49), name=f"b_p_{w}_{j}") for j in range(C)] for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
-        with m.If(adv):
-            m.d.sync += sb.eq(sa)
-            for w in range(OW):
-                m.d.sync += b_s[w].eq(a_s[w])
-                for j in range(C):
-                    m.d.sync += b_p[w][j].eq(a_x[w][j] * a_m[w])
+        m.d.sync += sb.eq(sa)
+        for w in range(OW):
+            m.d.sync += b_s[w].eq(a_s2[w])
+            for j in range(C):
+                m.d.sync += b_p[w][j].eq(a_x[w][j] * a_m2[w])
 
         # The geometry of a block's words is worked out from its tag in stages C and D, so that
         # the hand-off below only copies registers (done_geo).
@@ -194,16 +221,15 @@ class OutputStage(wiring.Component):
         c_ncols = Signal(signed(len(desc.out_w) + len(sb.tag.xg) + C.bit_length() + 2))
         row = Mux(pool, sb.tag.y >> 1, sb.tag.y)
         col0 = Mux(pool, sb.tag.xg * H, sb.tag.xg * C)
-        with m.If(adv):
-            m.d.sync += [sc.eq(sb),
-                         c_rowp.eq(row * desc.out_p), c_cogs.eq(sb.tag.cog * R * desc.out_s),
-                         c_pix.eq(row * desc.out_w + col0),
-                         c_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - col0)]
-            for w in range(OW):
-                rnd = (Const(1, 33) << b_s[w])[1:33]
-                m.d.sync += c_s[w].eq(b_s[w])
-                for j in range(C):
-                    m.d.sync += c_t[w][j].eq(b_p[w][j] + rnd)
+        m.d.sync += [sc.eq(sb),
+                     c_rowp.eq(row * desc.out_p), c_cogs.eq(sb.tag.cog * R * desc.out_s),
+                     c_pix.eq(row * desc.out_w + col0),
+                     c_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - col0)]
+        for w in range(OW):
+            rnd = (Const(1, 33) << b_s[w])[1:33]
+            m.d.sync += c_s[w].eq(b_s[w])
+            for j in range(C):
+                m.d.sync += c_t[w][j].eq(b_p[w][j] + rnd)
 
         # Stage D: shift, ReLU, saturate into the result buffer; the block's geometry.
         res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
@@ -211,9 +237,9 @@ class OutputStage(wiring.Component):
         ct = sc.tag
         xw = Mux(pool, ct.xg >> 1, ct.xg)
         cc = Mux(pool, H, C)
-        with m.If(adv & sc.valid & sc.last):
-            m.d.sync += [done.eq(1),
-                         done_geo.pair.eq(pool & ~ct.y[0]),
+        m.d.sync += done.eq(sc.valid & sc.last)
+        with m.If(sc.valid & sc.last):
+            m.d.sync += [done_geo.pair.eq(pool & ~ct.y[0]),
                          done_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0]
                                           & (ct.xg != desc.xgs - 1)),
                          done_geo.odd.eq(~hwc & ct.xg[0])]
@@ -233,7 +259,7 @@ class OutputStage(wiring.Component):
                     m.d.sync += done_geo.J.eq(1)    # no pixel: mask = 0 disables the words
                 with m.Else():
                     m.d.sync += done_geo.J.eq(c_ncols)
-        with m.If(adv & sc.valid):
+        with m.If(sc.valid):
             for w in range(OW):
                 for j in range(C):
                     y = Signal(signed(50), name=f"y_{w}_{j}")
@@ -255,16 +281,15 @@ class OutputStage(wiring.Component):
         pbuf = [[Signal(act8, name=f"pbuf_{r}_{j}") for j in range(C)] for r in range(R)]
         hold = [[Signal(act8, name=f"hold_{r}_{q}") for q in range(H)] for r in range(R)]
         wbuf = [[Signal(act8, name=f"wbuf_{r}_{j}") for j in range(C)] for r in range(R)]
-        pm = [[_smax(_smax(res[r][2 * q], pbuf[r][2 * q]),
-                     _smax(res[r][2 * q + 1], pbuf[r][2 * q + 1])) for q in range(H)]
-              for r in range(R)]
-
-        need_writer = Signal()
-        m.d.comb += need_writer.eq(done & ~done_geo.pair & ~done_geo.hold)
+        # Pooled blocks are handed off one cycle late, from vm, the registered vertical maximum
+        # of res and pbuf (res may by then hold the next block's first step, vm does not).
+        vm = [[Signal(act8, name=f"vm_{r}_{j}") for j in range(C)] for r in range(R)]
+        m.d.sync += [vm[r][j].eq(_smax(res[r][j], pbuf[r][j])) for r in range(R) for j in range(C)]
+        pm = [[_smax(vm[r][2 * q], vm[r][2 * q + 1]) for q in range(H)] for r in range(R)]
+        late = Signal()
+        m.d.sync += late.eq(done & pool & ~done_geo.pair)
 
         wbusy = Signal()
-        wlast = Signal()
-        m.d.comb += adv.eq(~(need_writer & wbusy & ~wlast))
 
         # Writer registers.
         w_hwc = Signal()
@@ -279,7 +304,6 @@ class OutputStage(wiring.Component):
         w_mask = Signal(C)                  # done_geo.mask of the block being written
 
         # ---- writer ---------------------------------------------------------------------------
-        m.d.comb += wlast.eq(wbusy & (w_u == w_U - 1) & (w_j == w_J - 1))
         with m.If(wbusy):
             with m.If(w_u == w_U - 1):
                 m.d.sync += w_u.eq(0)
@@ -292,31 +316,25 @@ class OutputStage(wiring.Component):
                 m.d.sync += [w_u.eq(w_u + 1), w_co.eq(w_co + OW),
                              w_a.eq(w_a + Mux(w_hwc, OW, desc.out_s * OW))]
 
-        with m.If(done & adv):
-            # Stage D may complete the next block in this very cycle (R/OW = 1).
-            m.d.sync += done.eq(sc.valid & sc.last)
-            with m.If(done_geo.pair):
-                for r in range(R):
-                    for j in range(C):
-                        m.d.sync += pbuf[r][j].eq(res[r][j])
-            with m.Elif(done_geo.hold):
-                for r in range(R):
-                    for q in range(H):
-                        m.d.sync += hold[r][q].eq(pm[r][q])
-            with m.Else():
-                for r in range(R):
-                    for j in range(C):
-                        with m.If(~pool):
-                            m.d.sync += wbuf[r][j].eq(res[r][j])
-                        with m.Elif(done_geo.odd):
-                            m.d.sync += wbuf[r][j].eq(hold[r][j] if j < H else pm[r][j - H])
-                        with m.Else():
-                            m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
-                m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), w_u.eq(0), w_j.eq(0),
-                             w_U.eq(Mux(hwc, KB // OW, U)), w_J.eq(done_geo.J),
-                             w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
-                             w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
-                             w_mask.eq(done_geo.mask)]
+        with m.If(done & done_geo.pair):
+            m.d.sync += [pbuf[r][j].eq(res[r][j]) for r in range(R) for j in range(C)]
+        with m.If(late & done_geo.hold):
+            m.d.sync += [hold[r][q].eq(pm[r][q]) for r in range(R) for q in range(H)]
+        with m.If(done & ~pool):
+            m.d.sync += [wbuf[r][j].eq(res[r][j]) for r in range(R) for j in range(C)]
+        with m.If(late & ~done_geo.hold):
+            for r in range(R):
+                for j in range(C):
+                    with m.If(done_geo.odd):
+                        m.d.sync += wbuf[r][j].eq(hold[r][j] if j < H else pm[r][j - H])
+                    with m.Else():
+                        m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
+        with m.If((done & ~pool) | (late & ~done_geo.hold)):
+            m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), w_u.eq(0), w_j.eq(0),
+                         w_U.eq(Mux(hwc, KB // OW, U)), w_J.eq(done_geo.J),
+                         w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
+                         w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
+                         w_mask.eq(done_geo.mask)]
 
         # Lanes, in two register stages: V selects the words and masks their invalid lanes, the
         # wr registers get their flags.
@@ -355,6 +373,6 @@ class OutputStage(wiring.Component):
             nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        m.d.comb += self.idle.eq(~i.valid & ~sa.valid & ~sb.valid & ~sc.valid
-                                  & ~done & ~wbusy & ~v_en.any())
+        m.d.comb += self.idle.eq(~i.valid & ~s1.valid & ~s2.valid & ~sa.valid & ~sb.valid & ~sc.valid
+                                  & ~done & ~late & ~wbusy & ~v_en.any())
         return m
