@@ -32,9 +32,9 @@ Pipeline
   every read enable is low, so the memories hold their outputs (``amaranth.lib.memory``
   read-port semantics).
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+9``
-(latch, setup, S0, P, S1, issue, X → A, D, O); ``done`` rises 2 cycles after the last slot's
-handshake, so start → done takes ``max(issued slots, scan cycles) + 10`` cycles with ``o``
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+10``
+(latch, setup, init, S0, P, S1, issue, X → A, D, O); ``done`` rises 2 cycles after the last
+slot's handshake, so start → done takes ``max(issued slots, scan cycles) + 11`` cycles with ``o``
 always ready.
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
@@ -197,8 +197,8 @@ class Loader(wiring.Component):
         m.d.comb += pc.eq((p_ + (C - 1)) >> lgC)
 
         # -- state ----------------------------------------------------------------------------
-        state = Signal(2)            # 0 idle, 1 setup, 2 scan, 3 drain
-        IDLE, SETUP, SCAN, DRAIN = 0, 1, 2, 3
+        state = Signal(range(5))     # idle, setup (layer constants), init (iteration), scan, drain
+        IDLE, SETUP, INIT, SCAN, DRAIN = 0, 1, 2, 3, 4
         done = Signal()
         m.d.comb += [self.busy.eq(state != IDLE), self.done.eq(done)]
 
@@ -594,9 +594,11 @@ class Loader(wiring.Component):
 
         # ==== control ==========================================================================
         with m.If(state == SETUP):
+            m.d.sync += state.eq(INIT)
+        with m.If(state == INIT):
             m.d.sync += [
                 cog.eq(0), yb.eq(0), ysub.eq(0), xg.eq(0), ci.eq(0), g.eq(0),
-                chanS.eq(0), rowA.eq(-(p_ * L.in_p)), iyb.eq(-p_), xw0.eq(-pc), xcol.eq(0),
+                chanS.eq(0), rowA.eq(-pP), iyb.eq(-p_), xw0.eq(-pc), xcol.eq(0),
                 maddr.eq(L.mbase), mrow.eq(L.mbase), wcog.eq(L.wbase), wgrp.eq(L.wbase),
                 gNB.eq(0), wrowc.eq(L.wbase >> lgC), wrow.eq(L.wbase >> lgC),
             ]

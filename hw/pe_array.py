@@ -11,7 +11,9 @@ Two pipeline stages, one slot per cycle:
 Latency: a block's ``last`` slot accepted in cycle ``t`` is offered on ``o`` from cycle ``t+2``.
 ``i.ready`` is low only when the slot in stage 2 ends a block while the shadow still holds a
 block that ``o`` does not accept in this cycle; it depends combinationally on ``o.ready`` (and on
-registers), never on ``i.valid``. ``o.valid`` and ``o.payload`` are registers.
+registers), never on ``i.valid``. The stall holds stage 1 only: the accumulators are written
+only by slots that do not end a block, which never stall. ``o.valid`` and ``o.payload`` are
+registers.
 """
 
 from amaranth import Const, Module, Mux, Signal, signed
@@ -72,14 +74,15 @@ class PEArray(wiring.Component):
             for r in range(R):
                 for j in range(C):
                     m.d.sync += prod[r * C + j].eq(p.act[j] * p.wgt[r * C + j])
-            with m.If(s1_valid):
-                for k in range(N):
-                    total = (Mux(s1_first, Const(0, signed(cfg.acc_bits)), acc[k])
-                             + Mux(s1_zero, 0, prod[k]))[:cfg.acc_bits]
-                    with m.If(s1_last):
-                        m.d.sync += shadow.acc[k].eq(total)
-                    with m.Else():
-                        m.d.sync += acc[k].eq(total)
-                with m.If(s1_last):
-                    m.d.sync += [shadow.tag.eq(s1_tag), shadow_valid.eq(1)]
+        # Only a block's last slot can stall, and it goes to the shadow: the accumulators never
+        # need the stall (a narrow enable instead of one fanning out from o.ready).
+        for k in range(N):
+            total = (Mux(s1_first, Const(0, signed(cfg.acc_bits)), acc[k])
+                     + Mux(s1_zero, 0, prod[k]))[:cfg.acc_bits]
+            with m.If(s1_valid & ~s1_last):
+                m.d.sync += acc[k].eq(total)
+            with m.If(s1_valid & s1_last & ~stall):
+                m.d.sync += shadow.acc[k].eq(total)
+        with m.If(s1_valid & s1_last & ~stall):
+            m.d.sync += [shadow.tag.eq(s1_tag), shadow_valid.eq(1)]
         return m
