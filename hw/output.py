@@ -7,8 +7,8 @@ Ports
 ``i``
     Block stream from the PE array. The block's accumulators are read straight from
     ``i.payload`` over ``R/OW`` cycles; the block is accepted (``i.ready``) in its last
-    requantization step. ``i.ready`` is a register compare (high in a block's last step; a
-    source must hold a block until it is accepted, as streams do).
+    requantization step. ``i.ready`` is a register (high in a block's last step; a source must
+    hold a block until it is accepted, as streams do).
 ``desc``, ``epsilon``
     The current layer's descriptor and ε; they must stay constant while ``idle`` is low.
 ``start``
@@ -136,11 +136,13 @@ class OutputStage(wiring.Component):
         done = Signal()                  # res holds a complete block (geometry in done_geo)
         go = Signal()                    # stage A1 takes a step of the block on i
         # Within a block (step > 0) the block stays on i and its parameters stay ready, so the
-        # block is accepted exactly when its last step is taken: i.ready is a register compare.
+        # block is accepted exactly when its last step is taken: i.ready is a register (U ≥ 2).
+        ready = Signal()
         m.d.comb += [
             go.eq(i.valid & params_ready),
-            i.ready.eq(step == U - 1),
+            i.ready.eq(ready),
         ]
+        m.d.sync += ready.eq(Mux(go, step == U - 2, step == U - 1))
 
         # Stage A1: select the step's accumulators and parameters.
         s1 = Signal(stage)
@@ -373,6 +375,6 @@ class OutputStage(wiring.Component):
             nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        m.d.comb += self.idle.eq(~i.valid & ~s1.valid & ~s2.valid & ~sa.valid & ~sb.valid & ~sc.valid
-                                  & ~done & ~late & ~wbusy & ~v_en.any())
+        m.d.comb += self.idle.eq(~i.valid & ~s1.valid & ~s2.valid & ~sa.valid & ~sb.valid
+                                 & ~sc.valid & ~done & ~late & ~wbusy & ~v_en.any())
         return m
