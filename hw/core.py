@@ -62,11 +62,14 @@ class Core(wiring.Component):
     Members
     -------
     cmd : In(stream.Signature(cmd layout))
-        Host bus commands: write or read one word of a region.
+        Host bus commands: write or read one word of a region. One command per cycle is
+        taken (``cmd.ready`` is low only while a response waits for ``rsp.ready``).
     rsp : Out(stream.Signature(rsp layout))
-        One response per command: the word read (0 for a write) and an error bit, set for an
-        unknown region, an index out of range, a write to a read-only word, or a memory access
-        while a run is in progress; an erroneous command changes nothing.
+        One response per command, in order, 3 cycles after the command was taken (later if
+        ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an unknown
+        region, an index out of range, a write to a read-only word, or a memory access while a
+        run is in progress; an erroneous command changes nothing. ``rsp.payload`` is a
+        register.
     busy : Out(1)
         A run is in progress.
     """
@@ -146,23 +149,31 @@ class Core(wiring.Component):
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
-        cmd = self.cmd.payload
+        # Three register stages, one command per cycle: Q holds the accepted command, which is
+        # checked and decoded there and drives the memory ports; E gets the read data and
+        # selects the word; the response register sends it. They advance together whenever
+        # the response register is empty or taken; the host's read ports are enabled only
+        # then, so that the memories hold E's data through a stall.
+        bus_adv = Signal()
+        q_valid = Signal()
+        cmd = Signal.like(self.cmd.payload)       # Q: the command
+        e_valid = Signal()
+        e_error = Signal()
+        e_region = Signal(4)
+        e_index = Signal.like(cmd.index)
+        e_read = Signal()
         rsp_valid = Signal()
-        rsp_error = Signal()
-        rsp_region = Signal(4)
-        rsp_index = Signal.like(cmd.index)
-        rsp_read = Signal()
-        accept = Signal()
+        accept = Signal()                          # the command in Q is executed
         m.d.comb += [
-            self.cmd.ready.eq(~rsp_valid | self.rsp.ready),
-            accept.eq(self.cmd.valid & self.cmd.ready),
+            bus_adv.eq(~rsp_valid | self.rsp.ready),
+            self.cmd.ready.eq(bus_adv),
+            accept.eq(q_valid & bus_adv),
             self.rsp.valid.eq(rsp_valid),
         ]
-        with m.If(accept):
-            m.d.sync += [rsp_valid.eq(1), rsp_region.eq(cmd.region), rsp_index.eq(cmd.index),
-                         rsp_read.eq(~cmd.write)]
-        with m.Elif(self.rsp.ready):
-            m.d.sync += rsp_valid.eq(0)
+        with m.If(bus_adv):
+            m.d.sync += [q_valid.eq(self.cmd.valid), cmd.eq(self.cmd.payload),
+                         e_valid.eq(q_valid), e_region.eq(cmd.region), e_index.eq(cmd.index),
+                         e_read.eq(~cmd.write), rsp_valid.eq(e_valid)]
 
         # Which command is acceptable, and what it touches.
         in_range = Signal()
@@ -183,8 +194,8 @@ class Core(wiring.Component):
                     with m.Case(region):
                         with m.If(cmd.write & (cmd.data[width:] != 0)):
                             m.d.comb += bad.eq(1)
-        with m.If(accept):
-            m.d.sync += rsp_error.eq(bad)
+        with m.If(bus_adv):
+            m.d.sync += e_error.eq(bad)
         host_write = Signal()
         host_read = Signal()
         m.d.comb += [host_write.eq(accept & cmd.write & ~bad),
@@ -217,6 +228,7 @@ class Core(wiring.Component):
                 with m.If(~busy):
                     m.d.comb += [
                         act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
+                        act_r[buf][b].en.eq(bus_adv), flag_r[buf][b][0].en.eq(bus_adv),
                         act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(cmd.data),
                         flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(cmd.data),
                         act_w[buf][b].en.eq(host_write & (hb == b)
@@ -226,13 +238,14 @@ class Core(wiring.Component):
                     ]
         for j in range(C):
             with m.If(~busy):
-                m.d.comb += [wgt_r[j].addr.eq(wa), wgt_w[j].addr.eq(wa),
+                m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(bus_adv), wgt_w[j].addr.eq(wa),
                              wgt_w[j].data.eq(wword),
                              wgt_w[j].en.eq(Mux(host_write & (wb == j)
                                                 & (cmd.region == Region.WEIGHT), wlanes, 0))]
         with m.If(~busy):
             m.d.comb += [
                 mask_r.addr.eq(cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
+                mask_r.en.eq(bus_adv), param_r.en.eq(bus_adv), desc_r.en.eq(bus_adv),
             ]
         m.d.comb += [
             mask_w.addr.eq(cmd.index), mask_w.data.eq(cmd.data),
@@ -241,24 +254,24 @@ class Core(wiring.Component):
             param_w.en.eq(Mux(host_write & (cmd.region == Region.PARAM), planes, 0)),
             desc_w.addr.eq(drow), desc_w.data.eq(dword),
             desc_w.en.eq(Mux(host_write & (cmd.region == Region.DESC), dlanes, 0)),
-            count_r.addr.eq(cmd.index),
+            count_r.addr.eq(cmd.index), count_r.en.eq(bus_adv),
         ]
 
-        # Read data, one cycle later, by the registered region and index.
+        # E: the read data, by the command's region and index.
         rdata = Signal.like(self.rsp.payload.data)
         info = [HW_VERSION] + layout.config_words(cfg)
-        rb, _ = lane(rsp_index, NB)
+        rb, _ = lane(e_index, NB)
 
         def read_chunk(row, region):
-            """The host word ``rsp_index`` selects in ``row`` (0 past the row's width)."""
+            """The host word ``e_index`` selects in ``row`` (0 past the row's width)."""
             k = layout.chunk_shift(rows[region][0])
             if not k:
                 return row
-            sel = rsp_index[:k]
+            sel = e_index[:k]
             return Mux(sel < lanes[region], row.word_select(sel, layout.CHUNK_BITS), 0)
 
-        rwb, _ = lane(rsp_index[layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
-        with m.Switch(rsp_region):
+        rwb, _ = lane(e_index[layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
+        with m.Switch(e_region):
             for buf in range(2):
                 with m.Case(Region.ACT0 + buf):
                     with m.Switch(rb):
@@ -284,14 +297,15 @@ class Core(wiring.Component):
             with m.Case(Region.COUNT):
                 m.d.comb += rdata.eq(count_r.data)
             with m.Case(Region.CTRL):
-                with m.Switch(rsp_index):
+                with m.Switch(e_index):
                     with m.Case(0):
                         m.d.comb += rdata.eq(Cat(busy, done, error, Const(0, 5), run_cycles))
                     for i, value in enumerate(info):
                         with m.Case(i + 1):
                             m.d.comb += rdata.eq(value)
-        m.d.comb += [self.rsp.payload.data.eq(Mux(rsp_read & ~rsp_error, rdata, 0)),
-                     self.rsp.payload.error.eq(rsp_error)]
+        with m.If(bus_adv):
+            m.d.sync += [self.rsp.payload.data.eq(Mux(e_read & ~e_error, rdata, 0)),
+                         self.rsp.payload.error.eq(e_error)]
 
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()
