@@ -284,3 +284,59 @@ async def test_weight_sparsity_alone(dut):
         assert a[0]["issue_slots_skipped"] > a[0]["issue_slots"] // 2
         assert b[0]["issue_slots_skipped"] == 0
         assert a[0]["busy_cycles"] < b[0]["busy_cycles"]
+
+
+@cocotb.test()
+async def test_bus_back_to_back_with_stalls(dut):
+    """Commands offered every cycle, responses taken at random: every response arrives in
+    order, reads see the writes before them, a refused write changes nothing."""
+    cfg, seed, bus = await start(dut)
+    rng = random.Random(seed)
+    regions = layout.region_map(cfg)
+    width, depth = regions[Region.MASK]
+    assert depth >= 8
+    model = {}
+    commands = []
+    for _ in range(300):
+        index = rng.randrange(8)
+        if rng.random() < 0.5:
+            value = rng.getrandbits(width + (rng.random() < 0.2))     # some with excess bits
+            ok = value < 1 << width
+            if ok:
+                model[index] = value
+            commands.append((True, index, value, (0, not ok)))
+        else:
+            commands.append((False, index, 0, (model.get(index, 0), False)))
+    for index in range(8):                      # known contents to start from
+        await bus.write(Region.MASK, index, 0)
+    cmd_layout, rsp_layout = bus.cmd_layout, bus.rsp_layout
+    got = []
+
+    async def take():
+        while len(got) < len(commands):
+            dut.rsp__ready.value = int(rng.random() < 0.6)
+            await ReadOnly()
+            if dut.rsp__valid.value == 1 and dut.rsp__ready.value == 1:
+                rsp = unpack(rsp_layout, int(dut.rsp__payload.value))
+                got.append((rsp["data"], bool(rsp["error"])))
+            await RisingEdge(dut.clk)
+
+    taker = cocotb.start_soon(take())
+    for write, index, value, _ in commands:
+        dut.cmd__payload.value = pack(cmd_layout, {"write": int(write), "region": Region.MASK,
+                                                   "index": index, "data": value})
+        dut.cmd__valid.value = 1
+        while True:
+            await ReadOnly()
+            ready = dut.cmd__ready.value == 1
+            await RisingEdge(dut.clk)
+            if ready:
+                break
+    dut.cmd__valid.value = 0
+    for _ in range(4 * len(commands)):
+        if taker.done():
+            break
+        await RisingEdge(dut.clk)
+    assert taker.done(), f"{len(got)} of {len(commands)} responses"
+    assert got == [expect for *_, expect in commands]
+    dut.rsp__ready.value = 1
