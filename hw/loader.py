@@ -190,6 +190,7 @@ class Loader(wiring.Component):
                 for kx in range(KM)]
         soff = [Signal(range(KM * KM + 1), name=f"soff{b}") for b in range(KM * KM)]
 
+        js = [Signal(XW, name=f"js{j}") for j in range(C)]     # j·s, for the INIT cycle
         k_ = L.kernel
         s_ = L.stride
         p_ = L.pad
@@ -300,14 +301,7 @@ class Loader(wiring.Component):
             ]
             for k in range(KM):
                 m.d.sync += [kyP[k].eq(k * L.in_p), inK[k].eq(k < k_)]
-            for kx in range(KM):
-                for j in range(C):
-                    q = j * s_ + kx - p_ + C * pc          # ≥ 0
-                    m.d.sync += [
-                        dx[kx][j].eq(j * s_ + kx - p_),
-                        offw[kx][j].eq(q >> lgC),
-                        lane[kx][j].eq(q & (C - 1)),
-                    ]
+            m.d.sync += [js[j].eq(j * s_) for j in range(C)]
             for b in range(KM * KM):
                 m.d.sync += soff[b].eq((b // KM) * k_ + b % KM)
 
@@ -596,6 +590,14 @@ class Loader(wiring.Component):
         with m.If(state == SETUP):
             m.d.sync += state.eq(INIT)
         with m.If(state == INIT):
+            for kx in range(KM):
+                for j in range(C):
+                    q = js[j] + kx - p_ + C * pc          # ≥ 0
+                    m.d.sync += [
+                        dx[kx][j].eq(js[j] + kx - p_),
+                        offw[kx][j].eq(q >> lgC),
+                        lane[kx][j].eq(q & (C - 1)),
+                    ]
             m.d.sync += [
                 cog.eq(0), yb.eq(0), ysub.eq(0), xg.eq(0), ci.eq(0), g.eq(0),
                 chanS.eq(0), rowA.eq(-pP), iyb.eq(-p_), xw0.eq(-pc), xcol.eq(0),
