@@ -2,11 +2,11 @@
 """Synthesize, place and route an Amaranth component and report its resource use and fmax.
 
 The component has no board I/O of its own, so :class:`Harness` wraps it: every input port
-is driven from a register chain fed by an LFSR, every output port is XOR-reduced into one
-register driving an LED, so nothing can be optimised away and every core path is
-register-to-register. The harness adds ``input bits + 33`` flip-flops, reported as
-``harness_ff``, and about ``output bits / 3`` LUTs; the platform adds its reset synchronizer
-(and on iCE40 a power-on-reset counter).
+is driven from a register chain fed by an LFSR, every output port is XOR-reduced by a
+pipelined tree of registers into one driving an LED, so nothing can be optimised away and every
+core path is register-to-register. The harness adds ``input bits + 32`` flip-flops plus about
+``output bits / 15`` for the tree, reported as ``harness_ff``, and about ``output bits / 3``
+LUTs; the platform adds its reset synchronizer (and on iCE40 a power-on-reset counter).
 
 Targets (:data:`TARGETS`):
 
@@ -108,13 +108,16 @@ class Harness(Elaboratable):
     one stage of one of them, so no two input bits are structurally the same and Yosys cannot
     merge any logic of the core. (One chain as long as all inputs overflows the stack of
     Yosys' recursive sort of the cells, in the WebAssembly build, at a few thousand bits.)
-    Outputs: XOR of all output bits, registered, to ``led``. ``component`` is elaborated in
-    the ``sync`` domain made by the platform from the board clock.
+    Outputs: XOR of all output bits to ``led``, through a tree of registers that each take the
+    XOR of at most :attr:`XOR_FANIN` bits, so that the harness adds no long path of its own.
+    ``component`` is elaborated in the ``sync`` domain made by the platform from the board
+    clock.
     """
 
     # a[n+32] = a[n+22] ^ a[n+2] ^ a[n+1] ^ a[n]: x^32 + x^22 + x^2 + x + 1, maximal length
     LFSR_TAPS = (0, 1, 2, 22)
     CHAIN = 256
+    XOR_FANIN = 16
 
     def __init__(self, component, led="led"):
         self.component = component
@@ -124,11 +127,21 @@ class Harness(Elaboratable):
         self.outputs = [v for _, flow, v in ports if flow == wiring.Out]
         self.in_width = sum(len(v) for v in self.inputs)
         self.out_width = sum(len(v) for v in self.outputs)
+        #: The registers of the output XOR tree; the last one (1 bit) drives the LED.
+        self.xor = [Signal(w, name=f"xor{n}") for n, w in enumerate(self._xor_levels())]
+
+    def _xor_levels(self):
+        """Widths of the registers of the output XOR tree, from the outputs to ``led``."""
+        widths, n = [], max(self.out_width, 1)
+        while not widths or n > 1:
+            n = -(-n // self.XOR_FANIN)
+            widths.append(n)
+        return widths
 
     @property
     def flip_flops(self):
         """Flip-flops the harness itself adds."""
-        return 32 + self.in_width + 1
+        return 32 + self.in_width + sum(len(reg) for reg in self.xor)
 
     def elaborate(self, platform):
         m = Module()
@@ -144,10 +157,13 @@ class Harness(Elaboratable):
             m.d.sync += chain.eq(Cat(lfsr[a] ^ lfsr[b], chain[:-1]))
             m.d.comb += inputs[lo:lo + len(chain)].eq(chain)
 
-        out = Signal()
-        m.d.sync += out.eq(Cat(*self.outputs).xor() if self.outputs else lfsr[0])
+        bits = Cat(*self.outputs) if self.outputs else lfsr[0]
+        for reg in self.xor:
+            m.d.sync += reg.eq(Cat(bits[i:i + self.XOR_FANIN].xor()
+                                   for i in range(0, len(bits), self.XOR_FANIN)))
+            bits = reg
         if platform is not None:
-            m.d.comb += platform.request(self.led, 0).o.eq(out)
+            m.d.comb += platform.request(self.led, 0).o.eq(self.xor[-1])
         return m
 
 
