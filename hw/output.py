@@ -39,7 +39,7 @@ Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` mul
 ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
 block of a pool pair, an even ``xg`` of a pooled CHW row) — never more than ``R/OW``, so the
 pipeline never waits for the writer and has no stall signal at all. A block whose last step is
-in cycle ``t`` has its first write on ``wr`` in cycle ``t+9`` (``t+10`` when pooled: the 2×2
+in cycle ``t`` has its first write on ``wr`` in cycle ``t+11`` (``t+12`` when pooled: the 2×2
 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
@@ -187,17 +187,29 @@ class OutputStage(wiring.Component):
             for j in range(C):
                 m.d.sync += a_x[w][j].eq((x2[w][j] + b2[w])[:32].as_signed())
 
-        # Stage B: multiply.
+        # Stage M: the two 16 × 16 partial products (one DSP multiplier each) of x · m.
+        sm = Signal(stage)
+        m_hi = [[Signal(signed(33), name=f"m_hi_{w}_{j}") for j in range(C)] for w in range(OW)]
+        m_lo = [[Signal(32, name=f"m_lo_{w}_{j}") for j in range(C)] for w in range(OW)]
+        m_s = [Signal(5, name=f"m_s_{w}") for w in range(OW)]
+        m.d.sync += sm.eq(sa)
+        for w in range(OW):
+            m.d.sync += m_s[w].eq(a_s2[w])
+            for j in range(C):
+                m.d.sync += [m_hi[w][j].eq(a_x[w][j][16:].as_signed() * a_m2[w]),
+                             m_lo[w][j].eq(a_x[w][j][:16] * a_m2[w])]
+
+        # Stage B: their sum, x · m.
         sb = Signal(stage)
         b_p = [[Signal(signed(49), name=f"b_p_{w}_{j}") for j in range(C)] for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
-        m.d.sync += sb.eq(sa)
+        m.d.sync += sb.eq(sm)
         for w in range(OW):
-            m.d.sync += b_s[w].eq(a_s2[w])
+            m.d.sync += b_s[w].eq(m_s[w])
             for j in range(C):
-                m.d.sync += b_p[w][j].eq(a_x[w][j] * a_m2[w])
+                m.d.sync += b_p[w][j].eq((m_hi[w][j] << 16) + m_lo[w][j])
 
-        # The geometry of a block's words is worked out from its tag in stages C and D, so that
+        # The geometry of a block's words is worked out from its tag in stages C and D1, so that
         # the hand-off below only copies registers (done_geo).
         pool, hwc = desc.pool, desc.out_hwc
         aw = max(index_width(cfg), len(desc.out_s)) + 8
@@ -233,39 +245,46 @@ class OutputStage(wiring.Component):
             for j in range(C):
                 m.d.sync += c_t[w][j].eq(b_p[w][j] + rnd)
 
-        # Stage D: shift, ReLU, saturate into the result buffer; the block's geometry.
-        res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
-        done_geo = Signal(geo)
+        # Stage D1: shift; the block's geometry.
+        sd = Signal(stage)
+        d_y = [[Signal(signed(50), name=f"d_y_{w}_{j}") for j in range(C)] for w in range(OW)]
+        d_geo = Signal(geo)
         ct = sc.tag
         xw = Mux(pool, ct.xg >> 1, ct.xg)
         cc = Mux(pool, H, C)
-        m.d.sync += done.eq(sc.valid & sc.last)
-        with m.If(sc.valid & sc.last):
-            m.d.sync += [done_geo.pair.eq(pool & ~ct.y[0]),
-                         done_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0]
-                                          & (ct.xg != desc.xgs - 1)),
-                         done_geo.odd.eq(~hwc & ct.xg[0])]
-            with m.If(~hwc):
-                m.d.sync += [done_geo.a0.eq(c_cogs + c_rowp + xw), done_geo.co.eq(ct.cog * R),
-                             done_geo.J.eq(1)]
-                for jj in range(C):
-                    m.d.sync += done_geo.mask[jj].eq(xw * C + jj < Mux(pool, desc.out_w,
-                                                                         desc.conv_w))
+        m.d.sync += sd.eq(sc)
+        for w in range(OW):
+            for j in range(C):
+                m.d.sync += d_y[w][j].eq(c_t[w][j] >> c_s[w])
+        m.d.sync += [d_geo.pair.eq(pool & ~ct.y[0]),
+                     d_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0] & (ct.xg != desc.xgs - 1)),
+                     d_geo.odd.eq(~hwc & ct.xg[0])]
+        with m.If(~hwc):
+            m.d.sync += [d_geo.a0.eq(c_cogs + c_rowp + xw), d_geo.co.eq(ct.cog * R),
+                         d_geo.J.eq(1)]
+            for jj in range(C):
+                m.d.sync += d_geo.mask[jj].eq(xw * C + jj < Mux(pool, desc.out_w, desc.conv_w))
+        with m.Else():
+            m.d.sync += [d_geo.a0.eq(c_pix * desc.out_q + ct.cog * KB),
+                         d_geo.co.eq(ct.cog * KB),
+                         d_geo.mask.eq(Mux(c_ncols > 0, -1, 0))]
+            with m.If(c_ncols >= cc):
+                m.d.sync += d_geo.J.eq(cc)
+            with m.Elif(c_ncols <= 0):
+                m.d.sync += d_geo.J.eq(1)    # no pixel: mask = 0 disables the words
             with m.Else():
-                m.d.sync += [done_geo.a0.eq(c_pix * desc.out_q + ct.cog * KB),
-                             done_geo.co.eq(ct.cog * KB),
-                             done_geo.mask.eq(Mux(c_ncols > 0, -1, 0))]
-                with m.If(c_ncols >= cc):
-                    m.d.sync += done_geo.J.eq(cc)
-                with m.Elif(c_ncols <= 0):
-                    m.d.sync += done_geo.J.eq(1)    # no pixel: mask = 0 disables the words
-                with m.Else():
-                    m.d.sync += done_geo.J.eq(c_ncols)
-        with m.If(sc.valid):
+                m.d.sync += d_geo.J.eq(c_ncols)
+
+        # Stage D2: ReLU, saturate into the result buffer.
+        res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
+        done_geo = Signal(geo)
+        m.d.sync += done.eq(sd.valid & sd.last)
+        with m.If(sd.valid & sd.last):
+            m.d.sync += done_geo.eq(d_geo)
+        with m.If(sd.valid):
             for w in range(OW):
                 for j in range(C):
-                    y = Signal(signed(50), name=f"y_{w}_{j}")
-                    m.d.comb += y.eq(c_t[w][j] >> c_s[w])
+                    y = d_y[w][j]
                     ys = Signal(act8, name=f"ys_{w}_{j}")
                     with m.If(desc.relu & (y < 0)):
                         m.d.comb += ys.eq(0)
@@ -276,7 +295,7 @@ class OutputStage(wiring.Component):
                     with m.Else():
                         m.d.comb += ys.eq(y[:8])
                     for u in range(U):
-                        with m.If(sc.step == u):
+                        with m.If(sd.step == u):
                             m.d.sync += res[u * OW + w][j].eq(ys)
 
         # ---- hand-off: res → pool buffer / hold buffer / writer ------------------------------
@@ -375,6 +394,7 @@ class OutputStage(wiring.Component):
             nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        m.d.comb += self.idle.eq(~i.valid & ~s1.valid & ~s2.valid & ~sa.valid & ~sb.valid
-                                 & ~sc.valid & ~done & ~late & ~wbusy & ~v_en.any())
+        in_flight = Cat(st.valid for st in (s1, s2, sa, sm, sb, sc, sd))
+        m.d.comb += self.idle.eq(~i.valid & ~in_flight.any() & ~done & ~late & ~wbusy
+                                 & ~v_en.any())
         return m
