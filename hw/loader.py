@@ -191,6 +191,12 @@ class Loader(wiring.Component):
         soff = [Signal(range(KM * KM + 1), name=f"soff{b}") for b in range(KM * KM)]
 
         js = [Signal(XW, name=f"js{j}") for j in range(C)]     # j·s, for the INIT cycle
+        # The loop bounds, so that S0 compares counters with registers only.
+        ci_last = Signal.like(L.in_c)               # in_c − 1
+        g_last = Signal.like(L.groups)              # groups − 1
+        xg_last = Signal.like(L.xgs)                # xgs − 1
+        cog_last = Signal.like(L.cogs)              # cogs − 1
+        y_lim = Signal(signed(len(L.rows) + 1))     # rows − ystep: yb < y_lim iff rows remain
         k_ = L.kernel
         s_ = L.stride
         p_ = L.pad
@@ -302,6 +308,8 @@ class Loader(wiring.Component):
             for k in range(KM):
                 m.d.sync += [kyP[k].eq(k * L.in_p), inK[k].eq(k < k_)]
             m.d.sync += [js[j].eq(j * s_) for j in range(C)]
+            m.d.sync += [ci_last.eq(L.in_c - 1), g_last.eq(L.groups - 1),
+                         xg_last.eq(L.xgs - 1), cog_last.eq(L.cogs - 1)]
             for b in range(KM * KM):
                 m.d.sync += soff[b].eq((b // KM) * k_ + b % KM)
 
@@ -352,8 +360,8 @@ class Loader(wiring.Component):
         for i in range(NB):
             m.d.comb += fcv[i].eq(gNB + i < L.in_words)
 
-        conv_blast = ci == L.in_c - 1
-        fc_blast = g == L.groups - 1
+        conv_blast = ci == ci_last
+        fc_blast = g == g_last
         blast = Mux(is_fc, fc_blast, conv_blast)
 
         m.d.sync += [s1_valid.eq(p_valid), p_valid.eq(s0_fire)]
@@ -376,7 +384,7 @@ class Loader(wiring.Component):
                     m.d.sync += [g.eq(g + 1), gNB.eq(gNB + NB), wrow.eq(wrow + NB)]
                 with m.Else():
                     m.d.sync += [g.eq(0), gNB.eq(0)]
-                    with m.If(cog != L.cogs - 1):
+                    with m.If(cog != cog_last):
                         m.d.sync += [cog.eq(cog + 1), wrowc.eq(wrowc + L.in_words),
                                      wrow.eq(wrowc + L.in_words)]
                     with m.Else():
@@ -390,16 +398,16 @@ class Loader(wiring.Component):
                     m.d.sync += ysub.eq(1)
                 with m.Else():
                     m.d.sync += ysub.eq(0)
-                    with m.If(xg != L.xgs - 1):
+                    with m.If(xg != xg_last):
                         m.d.sync += [xg.eq(xg + 1), xw0.eq(xw0 + s_), xcol.eq(xcol + xstep)]
                     with m.Else():
                         m.d.sync += [xg.eq(0), xw0.eq(x0), xcol.eq(0)]
-                        with m.If(yb + ystep < L.rows):
+                        with m.If(yb < y_lim):
                             m.d.sync += [yb.eq(yb + ystep), rowA.eq(rowA + rstep),
                                          iyb.eq(iyb + iystep)]
                         with m.Else():
                             m.d.sync += [yb.eq(0), rowA.eq(-pP), iyb.eq(-p_)]
-                            with m.If(cog != L.cogs - 1):
+                            with m.If(cog != cog_last):
                                 m.d.sync += [cog.eq(cog + 1), mrow.eq(mrow + L.groups),
                                              maddr.eq(mrow + L.groups), wcog.eq(wcog + cikk),
                                              wgrp.eq(wcog + cikk)]
@@ -590,6 +598,7 @@ class Loader(wiring.Component):
         with m.If(state == SETUP):
             m.d.sync += state.eq(INIT)
         with m.If(state == INIT):
+            m.d.sync += y_lim.eq(L.rows - ystep)
             for kx in range(KM):
                 for j in range(C):
                     q = js[j] + kx - p_ + C * pc          # ≥ 0
