@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (memory data) ─▶ O ─▶ o
+    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (memory data) ─▶ E ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -27,15 +27,15 @@ Pipeline
   behind (then the block cannot end earlier anyway). It registers the slot's bit index and its
   group's entry; **X** decodes them (kernel row and column, words, lanes) into A's registers.
 * **A** drives the activation and weight read ports, **D** receives the data (1-cycle read
-  latency) and forms the slot from it, **O** holds the slot on ``o``. Issue, X, A, D and O
-  advance together whenever O is empty or ``o`` accepts (a global stall); while they stall
-  every read enable is low, so the memories hold their outputs (``amaranth.lib.memory``
-  read-port semantics).
+  latency), **E** registers it (so no logic follows the block RAMs' outputs) and forms the slot
+  from it, **O** holds the slot on ``o``. Issue, X, A, D, E and O advance together whenever O
+  is empty or ``o`` accepts (a global stall); while they stall every read enable is low, so
+  the memories hold their outputs (``amaranth.lib.memory`` read-port semantics).
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+10``
-(latch, setup, init, S0, P, S1, issue, X → A, D, O); ``done`` rises 2 cycles after the last
-slot's handshake, so start → done takes ``max(issued slots, scan cycles) + 11`` cycles with ``o``
-always ready.
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+11``
+(latch, setup, init, S0, P, S1, issue, X → A, D, E, O); ``done`` rises 2 cycles after the last
+slot's handshake, so start → done takes ``max(issued slots, scan cycles) + 12`` cycles with
+``o`` always ready.
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
 issued slot at all costs its number of groups). ``o.valid`` and ``o.payload`` are registers.
@@ -569,29 +569,44 @@ class Loader(wiring.Component):
                 m.d.sync += [d_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), d_l[j].eq(a_l[j]),
                              d_v[j].eq(a_v[j])]
 
-        pl = Signal(slot_layout(cfg))           # D's slot, formed from the memory data
-        act_words = Array([self.act_data[b].as_value() for b in range(NB)])
+        # ==== E: D's slot with its memory data registered (nothing after the block RAMs) =====
+        def e_copy(d):
+            e = Signal.like(d, name="e" + d.name[1:])
+            with m.If(adv):
+                m.d.sync += e.eq(d)
+            return e
+
+        e_valid, e_zero, e_first, e_last = map(e_copy, (d_valid, d_zero, d_first, d_last))
+        e_cog, e_y, e_xg, e_wbank = map(e_copy, (d_cog, d_y, d_xg, d_wbank))
+        e_bank, e_l, e_v = ([e_copy(d) for d in ds] for ds in (d_bank, d_l, d_v))
+        e_act = [Signal(8 * C, name=f"e_act{b}") for b in range(NB)]
+        e_wgt = [Signal(8 * R, name=f"e_wgt{j}") for j in range(C)]
+        with m.If(adv):
+            m.d.sync += [e_act[b].eq(self.act_data[b]) for b in range(NB)]
+            m.d.sync += [e_wgt[j].eq(self.wgt_data[j]) for j in range(C)]
+
+        pl = Signal(slot_layout(cfg))           # E's slot
+        act_words = Array(e_act)
         for j in range(C):
-            word = Signal(8 * C, name=f"d_word{j}")
+            word = Signal(8 * C, name=f"e_word{j}")
             m.d.comb += [
-                word.eq(act_words[d_bank[j]]),
-                pl.act[j].eq(Mux(d_v[j], word.word_select(d_l[j], 8).as_signed(), 0)),
+                word.eq(act_words[e_bank[j]]),
+                pl.act[j].eq(Mux(e_v[j], word.word_select(e_l[j], 8).as_signed(), 0)),
             ]
         wsel = Signal(8 * R)
-        m.d.comb += wsel.eq(Array([self.wgt_data[j].as_value() for j in range(C)])[d_wbank])
+        m.d.comb += wsel.eq(Array(e_wgt)[e_wbank])
         for r in range(R):
             for j in range(C):
-                v = Mux(is_fc, self.wgt_data[j].as_value()[8 * r:8 * r + 8],
-                        wsel[8 * r:8 * r + 8])
-                m.d.comb += pl.wgt[r * C + j].eq(Mux(d_zero, 0, v.as_signed()))
+                v = Mux(is_fc, e_wgt[j][8 * r:8 * r + 8], wsel[8 * r:8 * r + 8])
+                m.d.comb += pl.wgt[r * C + j].eq(Mux(e_zero, 0, v.as_signed()))
         m.d.comb += [
-            pl.first.eq(d_first), pl.last.eq(d_last), pl.zero.eq(d_zero),
-            pl.tag.cog.eq(d_cog), pl.tag.y.eq(d_y), pl.tag.xg.eq(d_xg),
+            pl.first.eq(e_first), pl.last.eq(e_last), pl.zero.eq(e_zero),
+            pl.tag.cog.eq(e_cog), pl.tag.y.eq(e_y), pl.tag.xg.eq(e_xg),
         ]
 
         # ==== O: the slot on o =================================================================
         with m.If(adv):
-            m.d.sync += [o_valid.eq(d_valid), self.o.payload.eq(pl)]
+            m.d.sync += [o_valid.eq(e_valid), self.o.payload.eq(pl)]
         m.d.comb += self.o.valid.eq(o_valid)
 
         # ==== control ==========================================================================
@@ -617,14 +632,14 @@ class Loader(wiring.Component):
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
         with m.If((state == DRAIN) & ~p_valid & ~s1_valid & (level == 0) & ~x_valid & ~a_valid
-                  & ~d_valid & ~o_valid):
+                  & ~d_valid & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), s1_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
-                a_valid.eq(0), d_valid.eq(0), o_valid.eq(0),
+                a_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
                 self.weight_bytes_read.eq(0), self.act_bytes_read.eq(0),
             ]
