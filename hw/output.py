@@ -39,7 +39,7 @@ Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` mul
 ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
 block of a pool pair, an even ``xg`` of a pooled CHW row) — never more than ``R/OW``, so the
 pipeline never waits for the writer and has no stall signal at all. A block whose last step is
-in cycle ``t`` has its first write on ``wr`` in cycle ``t+11`` (``t+12`` when pooled: the 2×2
+in cycle ``t`` has its first write on ``wr`` in cycle ``t+10`` (``t+11`` when pooled: the 2×2
 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
@@ -187,27 +187,16 @@ class OutputStage(wiring.Component):
             for j in range(C):
                 m.d.sync += a_x[w][j].eq((x2[w][j] + b2[w])[:32].as_signed())
 
-        # Stage M: the two 16 × 16 partial products (one DSP multiplier each) of x · m.
-        sm = Signal(stage)
-        m_hi = [[Signal(signed(33), name=f"m_hi_{w}_{j}") for j in range(C)] for w in range(OW)]
-        m_lo = [[Signal(32, name=f"m_lo_{w}_{j}") for j in range(C)] for w in range(OW)]
-        m_s = [Signal(5, name=f"m_s_{w}") for w in range(OW)]
-        m.d.sync += sm.eq(sa)
-        for w in range(OW):
-            m.d.sync += m_s[w].eq(a_s2[w])
-            for j in range(C):
-                m.d.sync += [m_hi[w][j].eq(a_x[w][j][16:].as_signed() * a_m2[w]),
-                             m_lo[w][j].eq(a_x[w][j][:16] * a_m2[w])]
-
-        # Stage B: their sum, x · m.
+        # Stage B: multiply. (Splitting it into registered 16 × 16 partial products and their
+        # sum makes Yosys 0.70's abc9 fail an assertion in ABC_OPS_REINTEGRATE.)
         sb = Signal(stage)
         b_p = [[Signal(signed(49), name=f"b_p_{w}_{j}") for j in range(C)] for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
-        m.d.sync += sb.eq(sm)
+        m.d.sync += sb.eq(sa)
         for w in range(OW):
-            m.d.sync += b_s[w].eq(m_s[w])
+            m.d.sync += b_s[w].eq(a_s2[w])
             for j in range(C):
-                m.d.sync += b_p[w][j].eq((m_hi[w][j] << 16) + m_lo[w][j])
+                m.d.sync += b_p[w][j].eq(a_x[w][j] * a_m2[w])
 
         # The geometry of a block's words is worked out from its tag in stages C and D1, so that
         # the hand-off below only copies registers (done_geo).
@@ -394,7 +383,7 @@ class OutputStage(wiring.Component):
             nflag.append(flag & v_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        in_flight = Cat(st.valid for st in (s1, s2, sa, sm, sb, sc, sd))
+        in_flight = Cat(st.valid for st in (s1, s2, sa, sb, sc, sd))
         m.d.comb += self.idle.eq(~i.valid & ~in_flight.any() & ~done & ~late & ~wbusy
                                  & ~v_en.any())
         return m
