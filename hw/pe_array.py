@@ -1,19 +1,21 @@
 """The R×C int8 MAC array (docs/ARCHITECTURE.md, "Pipeline").
 
-Two pipeline stages, one slot per cycle:
+Two pipeline stages, one slot per cycle, and no stall anywhere:
 
 1. the products ``act[j] · wgt[r·C + j]`` are registered (one signed 8×8 multiply per PE, with
    a plain output register, so yosys maps it to a DSP block);
 2. the accumulators add them (``first``: load instead of add; ``zero``: add nothing). The last
-   slot of a block writes its sum into the shadow register instead, which is offered on ``o``
-   with the slot's tag while the next block already accumulates (double buffering).
+   slot of a block writes its sum into a shadow register instead (two of them, A and B, a
+   queue), which is offered on ``o`` with the slot's tag while the next blocks accumulate.
 
-Latency: a block's ``last`` slot accepted in cycle ``t`` is offered on ``o`` from cycle ``t+2``.
-``i.ready`` is low only when the slot in stage 2 ends a block while the shadow still holds a
-block that ``o`` does not accept in this cycle; it depends combinationally on ``o.ready`` (and on
-registers), never on ``i.valid``. The stall holds stage 1 only: the accumulators are written
-only by slots that do not end a block, which never stall. ``o.valid`` and ``o.payload`` are
-registers.
+Latency: a block's ``last`` slot accepted in cycle ``t`` is offered on ``o`` from cycle ``t+2``
+(later if an earlier block still waits on ``o``).
+Flow control by credit: ``i.ready`` is low only for a block's ``last`` slot while two blocks
+whose last slot has been accepted have not yet been taken from ``o`` (so both shadows are
+spoken for) and ``o`` does not take one in this cycle; it depends on ``i.payload.last``,
+``o.ready`` and registers only. Every other slot is always taken, so the array never holds a
+slot and nothing fans out from ``o.ready`` but the queue's own moves. ``o.valid`` and
+``o.payload`` are registers.
 """
 
 from amaranth import Const, Module, Mux, Signal, signed
@@ -46,43 +48,61 @@ class PEArray(wiring.Component):
         s1_last = Signal()
         s1_zero = Signal()
         s1_tag = Signal(block_tag(cfg))
-        # Stage 2: the accumulators and the shadow block.
+        # Stage 2: the accumulators and the shadow queue (A is offered on o, B waits behind it).
         acc = [Signal(signed(cfg.acc_bits), name=f"acc_{k}") for k in range(N)]
-        shadow = Signal(block_layout(cfg))
-        shadow_valid = Signal()
-
-        stall = Signal()
-        m.d.comb += [
-            stall.eq(s1_valid & s1_last & shadow_valid & ~self.o.ready),
-            self.i.ready.eq(~stall),
-            self.o.valid.eq(shadow_valid),
-            self.o.payload.eq(shadow),
-        ]
-
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += shadow_valid.eq(0)
+        shadow_a = Signal(block_layout(cfg))
+        shadow_b = Signal(block_layout(cfg))
+        a_valid = Signal()
+        b_valid = Signal()
+        committed = Signal(range(3))     # blocks with their last slot taken on i, not yet on o
 
         p = self.i.payload
-        with m.If(~stall):
-            m.d.sync += [
-                s1_valid.eq(self.i.valid),
-                s1_first.eq(p.first),
-                s1_last.eq(p.last),
-                s1_zero.eq(p.zero),
-                s1_tag.eq(p.tag),
-            ]
-            for r in range(R):
-                for j in range(C):
-                    m.d.sync += prod[r * C + j].eq(p.act[j] * p.wgt[r * C + j])
-        # Only a block's last slot can stall, and it goes to the shadow: the accumulators never
-        # need the stall (a narrow enable instead of one fanning out from o.ready).
+        take_in = Signal()
+        take_out = Signal()
+        m.d.comb += [
+            self.i.ready.eq(~(p.last & (committed == 2) & ~take_out)),
+            take_in.eq(self.i.valid & self.i.ready & p.last),
+            take_out.eq(self.o.valid & self.o.ready),
+            self.o.valid.eq(a_valid),
+            self.o.payload.eq(shadow_a),
+        ]
+        m.d.sync += committed.eq(committed + take_in - take_out)
+
+        m.d.sync += [
+            s1_valid.eq(self.i.valid & self.i.ready),
+            s1_first.eq(p.first),
+            s1_last.eq(p.last),
+            s1_zero.eq(p.zero),
+            s1_tag.eq(p.tag),
+        ]
+        for r in range(R):
+            for j in range(C):
+                m.d.sync += prod[r * C + j].eq(p.act[j] * p.wgt[r * C + j])
+
+        block = Signal(block_layout(cfg))        # stage 2's sum and tag
         for k in range(N):
-            total = (Mux(s1_first, Const(0, signed(cfg.acc_bits)), acc[k])
-                     + Mux(s1_zero, 0, prod[k]))[:cfg.acc_bits]
-            with m.If(s1_valid & ~s1_last):
-                m.d.sync += acc[k].eq(total)
-            with m.If(s1_valid & s1_last & ~stall):
-                m.d.sync += shadow.acc[k].eq(total)
-        with m.If(s1_valid & s1_last & ~stall):
-            m.d.sync += [shadow.tag.eq(s1_tag), shadow_valid.eq(1)]
+            m.d.comb += block.acc[k].eq((Mux(s1_first, Const(0, signed(cfg.acc_bits)), acc[k])
+                                         + Mux(s1_zero, 0, prod[k]))[:cfg.acc_bits])
+        m.d.comb += block.tag.eq(s1_tag)
+        with m.If(s1_valid & ~s1_last):
+            m.d.sync += [acc[k].eq(block.acc[k]) for k in range(N)]
+        # The queue: A is taken (B moves up), a finished block joins at its tail. The credit
+        # on i guarantees a free place for every block that finishes.
+        store = s1_valid & s1_last
+        with m.If(take_out):
+            with m.If(b_valid):
+                m.d.sync += shadow_a.eq(shadow_b)
+                with m.If(store):
+                    m.d.sync += shadow_b.eq(block)
+                with m.Else():
+                    m.d.sync += b_valid.eq(0)
+            with m.Elif(store):
+                m.d.sync += shadow_a.eq(block)
+            with m.Else():
+                m.d.sync += a_valid.eq(0)
+        with m.Elif(store):
+            with m.If(~a_valid):
+                m.d.sync += [shadow_a.eq(block), a_valid.eq(1)]
+            with m.Else():
+                m.d.sync += [shadow_b.eq(block), b_valid.eq(1)]
         return m
