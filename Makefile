@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test sim bench bench-ptq tiles synth train clean
+.PHONY: test sim bench bench-ptq tiles synth synth-modules train clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ tiles: $(STAMP)
 
 synth: $(STAMP)
 	$(PY) scripts/synth_core.py
+
+synth-modules: $(STAMP)
+	$(PY) scripts/synth_modules.py
 
 bench-ptq: $(STAMP)
 	$(PY) scripts/bench_ptq.py

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Synthesize, place and route the core's three compute modules alone on ECP5.
+
+The whole core does not route in reasonable time on the machines this runs on (its ECP5
+figure is an estimate after placement, ``scripts/synth_core.py``), so the loader, the PE array
+and the output stage are each routed on their own, behind the harness of
+:func:`synth.synthesize` (LFSR-driven inputs, XOR-reduced outputs), in configuration ``ecp5``.
+For each: LUT/FF/DSP use, fmax and its critical path (source, sink, logic and routing delay).
+
+Writes ``results/modules/<Module>.json`` (the same format as ``scripts/synth.py --json``) and
+the README section ``modules`` (``scripts/readme.py``). About 15 minutes in all.
+
+Usage::
+
+    python scripts/synth_modules.py [--module OutputStage] [--no-readme]
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from readme import write_section
+from synth import _factory, synthesize
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = "ecp5"
+TARGET = "ecp5"
+
+#: name → factory, as for scripts/synth.py
+MODULES = {
+    "Loader": "hw.loader:Loader",
+    "PEArray": "hw.pe_array:PEArray",
+    "OutputStage": "hw.output:OutputStage",
+}
+
+
+def measure(name, build_dir):
+    params = {"config": CONFIG}
+    result = synthesize(_factory(MODULES[name], params), TARGET, build_dir / name / TARGET)
+    return {"factory": MODULES[name], "params": params, "results": [result]}
+
+
+def markdown(measured):
+    lines = [
+        f"The compute modules alone on ECP5 (LFE5U-85F, configuration `{CONFIG}`, placed and "
+        "routed behind the same harness; `python scripts/synth_modules.py`, "
+        "`results/modules/`):",
+        "",
+        "| module | LUT | FF (harness) | DSP | fmax | critical path |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, data in measured.items():
+        r = data["results"][0]
+        paths = [p for p in r["critical_paths"] if p["total_ns"] is not None]
+        crit = "-"
+        if paths:
+            p = max(paths, key=lambda p: p["total_ns"])
+            crit = (f"{p['total_ns']:.2f} ns ({p['logic_ns']} logic, {p['routing_ns']} routing): "
+                    f"`{p['source']}` → `{p['sink']}`")
+        lines.append(f"| {name} | {r['lut']} | {r['ff']} ({r['harness_ff']}) | {r['dsp']} | "
+                     f"{r['fmax_mhz']} MHz | {crit} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--module", "-m", action="append", choices=sorted(MODULES),
+                        help="module (repeatable; default: all)")
+    parser.add_argument("--build-dir", default=ROOT / "build" / "synth_modules", type=Path)
+    parser.add_argument("--out", default=ROOT / "results" / "modules", type=Path)
+    parser.add_argument("--no-readme", action="store_true",
+                        help="do not update README.md")
+    args = parser.parse_args(argv)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.module or list(MODULES):
+        t0 = time.monotonic()
+        print(f"{name}: synthesizing ...", flush=True)
+        data = measure(name, args.build_dir)
+        r = data["results"][0]
+        for p in r["critical_paths"]:
+            p.pop("report", None)       # the full report stays in the build directory
+        (args.out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
+        print(f"{name}: {r['fmax_mhz']} MHz, {r['lut']} LUT, {r['dsp']} DSP "
+              f"({(time.monotonic() - t0) / 60:.1f} min)", flush=True)
+    if not args.no_readme:
+        # the README always shows every module, from the files measured so far
+        measured = {name: json.loads((args.out / f"{name}.json").read_text())
+                    for name in MODULES if (args.out / f"{name}.json").is_file()}
+        write_section("modules", markdown(measured))
+
+
+if __name__ == "__main__":
+    main()
