@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ S1 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (memory data) ─▶ E ─▶ O ─▶ o
+    S0 ─▶ P ─▶ S1 ─▶ S2 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (data) ─▶ E ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -14,13 +14,14 @@ Pipeline
   stage, for timing) presents the group's flag addresses (conv: ``K`` rows × ``NB`` consecutive
   words, one read port per row and bank; fc: the group's ``NB`` words on port 0) and its
   weight-skip mask address.
-* **S1** gets the flags and the mask word and forms the group's slot mask (bit ``ky·Kmax + kx``
-  for conv, bit ``i`` = word ``g·NB + i`` for fc): all slots of the group when skipping is off,
-  else those reading at least one unflagged word whose weight-skip bit is clear. Non-empty groups
-  go into a small FIFO; empty groups are dropped, except the last group of a block, which marks
-  the end of the block: it *seals* the FIFO's tail entry (the block's last non-empty group) as
-  the block's last, or, when the block has no issued slot, pushes a ``zero`` entry. S0 only
-  starts a group when the FIFO has room for everything in flight (P, S1), so S1 never stalls.
+* **S1** gets the flags and the mask word from the memories and registers them; **S2** forms
+  the group's slot mask (bit ``ky·Kmax + kx`` for conv, bit ``i`` = word ``g·NB + i`` for fc):
+  all slots of the group when skipping is off, else those reading at least one unflagged word
+  whose weight-skip bit is clear. Non-empty groups go into a small FIFO; empty groups are
+  dropped, except the last group of a block, which marks the end of the block: it *seals* the
+  FIFO's tail entry (the block's last non-empty group) as the block's last, or, when the block
+  has no issued slot, pushes a ``zero`` entry. S0 only starts a group when the FIFO has room
+  for everything in flight (P, S1, S2), so S2 never stalls.
 * **issue** takes the FIFO head and emits one slot per cycle, lowest set bit first. It emits a
   group's final slot only once it knows whether that slot ends the block (the entry is followed
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
@@ -32,9 +33,9 @@ Pipeline
   is empty or ``o`` accepts (a global stall); while they stall every read enable is low, so
   the memories hold their outputs (``amaranth.lib.memory`` read-port semantics).
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+11``
-(latch, setup, init, S0, P, S1, issue, X → A, D, E, O); ``done`` rises 2 cycles after the last
-slot's handshake, so start → done takes ``max(issued slots, scan cycles) + 12`` cycles with
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+12``
+(latch, setup, init, S0, P, S1, S2, issue, X → A, D, E, O); ``done`` rises 2 cycles after the
+last slot's handshake, so start → done takes ``max(issued slots, scan cycles) + 13`` cycles with
 ``o`` always ready.
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
@@ -67,8 +68,8 @@ the second cycle after the last slot of the layer was accepted on ``o`` until th
 Counters: ``issue_slots``, ``issue_slots_skipped``, ``act_bytes_read``, ``weight_bytes_read``
 are *increments* in this cycle (registers, zero while idle: add them up from ``start`` on; the
 sums are complete when ``done`` rises and equal ``sw.schedule.layer_stats``). The slot counts and
-the weight bytes are counted one cycle after a group is scanned (S1), the activation bytes one
-cycle after the words are fetched (A).
+the weight bytes are counted one cycle after a group's slot mask is formed (S2), the activation
+bytes one cycle after the words are fetched (A).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
@@ -262,6 +263,14 @@ class Loader(wiring.Component):
         s1_blast = Signal()
         s1_rotk = [Signal(range(max(NB, 2)), name=f"s1_rotk{k}") for k in range(KM)]
         s1_fcv = Signal(NB)
+        # -- S2 registers: S1's group and its flag and mask words, straight from the memories --
+        s2_valid = Signal()
+        s2 = Signal(E)
+        s2_blast = Signal()
+        s2_rotk = [Signal(range(max(NB, 2)), name=f"s2_rotk{k}") for k in range(KM)]
+        s2_fcv = Signal(NB)
+        s2_flags = [[Signal(name=f"s2_flag{b}_{k}") for k in range(KM)] for b in range(NB)]
+        s2_wm = Signal(G)
         blk_has = Signal()
 
         # -- X, A, D and O stages -------------------------------------------------------------
@@ -338,7 +347,7 @@ class Loader(wiring.Component):
         m.d.comb += self.mask_addr.eq(p_maddr)
 
         s0_fire = Signal()
-        m.d.comb += s0_fire.eq((state == SCAN) & (level + p_valid + s1_valid < D))
+        m.d.comb += s0_fire.eq((state == SCAN) & (level + p_valid + s1_valid + s2_valid < D))
         m.d.comb += [self.flag_en.eq(p_valid), self.mask_en.eq(p_valid)]
 
         # row / column validity and the words each kx reads (relative to the group's first word)
@@ -368,6 +377,13 @@ class Loader(wiring.Component):
         with m.If(p_valid):
             m.d.sync += [s1.eq(p), s1_blast.eq(p_blast), s1_fcv.eq(p_fcv)]
             m.d.sync += [s1_rotk[k].eq(p_rotk[k]) for k in range(KM)]
+        m.d.sync += s2_valid.eq(s1_valid)
+        with m.If(s1_valid):
+            m.d.sync += [s2.eq(s1), s2_blast.eq(s1_blast), s2_fcv.eq(s1_fcv),
+                         s2_wm.eq(self.mask_data)]
+            m.d.sync += [s2_rotk[k].eq(s1_rotk[k]) for k in range(KM)]
+            m.d.sync += [s2_flags[b][k].eq(self.flag_data[b][k])
+                         for b in range(NB) for k in range(KM)]
         with m.If(s0_fire):
             m.d.sync += [
                 p.cog.eq(cog), p.y.eq(Mux(is_fc, 0, yb + ysub)), p.xg.eq(Mux(is_fc, 0, xg)),
@@ -414,46 +430,46 @@ class Loader(wiring.Component):
                             with m.Else():
                                 m.d.sync += state.eq(DRAIN)
 
-        # ==== S1: slot mask of the group =======================================================
+        # ==== S2: slot mask of the group =======================================================
         fr = [Signal(NB, name=f"fr{k}") for k in range(KM)]    # flags of row k, word i
         for k in range(KM):
-            col = Array([self.flag_data[b][k] for b in range(NB)])
+            col = Array([s2_flags[b][k] for b in range(NB)])
             for i in range(NB):
-                m.d.comb += fr[k][i].eq(col[_low(s1_rotk[k] + i, lgNB)])
-        wm = self.mask_data
+                m.d.comb += fr[k][i].eq(col[_low(s2_rotk[k] + i, lgNB)])
+        wm = s2_wm
         conv_mask = Signal(G)
         for ky in range(KM):
             for kx in range(KM):
                 b = ky * KM + kx
                 wbit = wm.bit_select(soff[b], 1)
-                live = (s1.rowv[ky] & (s1.used[kx * NB:(kx + 1) * NB] & ~fr[ky]).any()
+                live = (s2.rowv[ky] & (s2.used[kx * NB:(kx + 1) * NB] & ~fr[ky]).any()
                         & ~wbit)
                 m.d.comb += conv_mask[b].eq(inK[ky] & inK[kx] & (~skip | live))
         fc_mask = Signal(G)
         for i in range(NB):
-            m.d.comb += fc_mask[i].eq(s1_fcv[i] & (~skip | (~fr[0][i] & ~wm[i])))
+            m.d.comb += fc_mask[i].eq(s2_fcv[i] & (~skip | (~fr[0][i] & ~wm[i])))
         gmask = Signal(G)
         m.d.comb += gmask.eq(Mux(is_fc, fc_mask, conv_mask))
         total = Signal(range(G + 1))
         issued = Signal(range(G + 1))
         m.d.comb += [
-            total.eq(Mux(is_fc, _popcount(s1_fcv, NB), kk)),
+            total.eq(Mux(is_fc, _popcount(s2_fcv, NB), kk)),
             issued.eq(_popcount(gmask, G)),
         ]
         # counter increments, registered (off the critical path)
         m.d.sync += [
-            self.issue_slots.eq(Mux(s1_valid, total, 0)),
-            self.issue_slots_skipped.eq(Mux(s1_valid, total - issued, 0)),
-            self.weight_bytes_read.eq(Mux(s1_valid, Mux(is_fc, issued * (R * C), issued * R), 0)),
+            self.issue_slots.eq(Mux(s2_valid, total, 0)),
+            self.issue_slots_skipped.eq(Mux(s2_valid, total - issued, 0)),
+            self.weight_bytes_read.eq(Mux(s2_valid, Mux(is_fc, issued * (R * C), issued * R), 0)),
         ]
-        with m.If(s1_valid):
-            m.d.comb += [push_e.eq(s1), push_e.mask.eq(gmask), push_e.last.eq(s1_blast),
+        with m.If(s2_valid):
+            m.d.comb += [push_e.eq(s2), push_e.mask.eq(gmask), push_e.last.eq(s2_blast),
                          push_e.zero.eq(0)]
-            m.d.comb += [push_e.tk[k].eq(s1.tk[0] + Mux(is_fc, 0, kyP[k])) for k in range(KM)]
+            m.d.comb += [push_e.tk[k].eq(s2.tk[0] + Mux(is_fc, 0, kyP[k])) for k in range(KM)]
             with m.If(gmask != 0):
                 m.d.comb += push.eq(1)
-                m.d.sync += [tail_sealed.eq(s1_blast), blk_has.eq(~s1_blast)]
-            with m.Elif(s1_blast):
+                m.d.sync += [tail_sealed.eq(s2_blast), blk_has.eq(~s2_blast)]
+            with m.Elif(s2_blast):
                 m.d.sync += [tail_sealed.eq(1), blk_has.eq(0)]
                 with m.If(blk_has):
                     m.d.comb += seal.eq(1)
@@ -631,13 +647,13 @@ class Loader(wiring.Component):
             empty = (L.cogs == 0) | ((L.kind != KIND_FC)
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
-        with m.If((state == DRAIN) & ~p_valid & ~s1_valid & (level == 0) & ~x_valid & ~a_valid
-                  & ~d_valid & ~e_valid & ~o_valid):
+        with m.If((state == DRAIN) & ~p_valid & ~s1_valid & ~s2_valid & (level == 0) & ~x_valid
+                  & ~a_valid & ~d_valid & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
-                p_valid.eq(0), s1_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
+                p_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
                 a_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
