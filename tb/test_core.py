@@ -35,7 +35,8 @@ class Bus:
         dut.rsp__ready.value = 1
         dut.cmd__valid.value = 0
 
-    async def access(self, write, region, index, data=0):
+    async def issue(self, write, region, index, data=0):
+        """Offer one command until it is taken (cmd.valid stays high; the caller lowers it)."""
         dut = self.dut
         dut.cmd__payload.value = pack(self.cmd_layout, {"write": int(write), "region": region,
                                                         "index": index, "data": data})
@@ -46,6 +47,10 @@ class Bus:
             await RisingEdge(dut.clk)
             if ready:
                 break
+
+    async def access(self, write, region, index, data=0):
+        dut = self.dut
+        await self.issue(write, region, index, data)
         dut.cmd__valid.value = 0
         for _ in range(8):
             await ReadOnly()
@@ -309,7 +314,7 @@ async def test_bus_back_to_back_with_stalls(dut):
             commands.append((False, index, 0, (model.get(index, 0), False)))
     for index in range(8):                      # known contents to start from
         await bus.write(Region.MASK, index, 0)
-    cmd_layout, rsp_layout = bus.cmd_layout, bus.rsp_layout
+    rsp_layout = bus.rsp_layout
     got = []
 
     async def take():
@@ -323,15 +328,7 @@ async def test_bus_back_to_back_with_stalls(dut):
 
     taker = cocotb.start_soon(take())
     for write, index, value, _ in commands:
-        dut.cmd__payload.value = pack(cmd_layout, {"write": int(write), "region": Region.MASK,
-                                                   "index": index, "data": value})
-        dut.cmd__valid.value = 1
-        while True:
-            await ReadOnly()
-            ready = dut.cmd__ready.value == 1
-            await RisingEdge(dut.clk)
-            if ready:
-                break
+        await bus.issue(write, Region.MASK, index, value)
     dut.cmd__valid.value = 0
     for _ in range(4 * len(commands)):
         if taker.done():
