@@ -51,7 +51,8 @@ class PEArray(wiring.Component):
                                  "tag": block_tag(cfg)})
         # Stage 0: the slot; stage 1: the products; stage 2: the products again.
         s0 = Signal(slot_layout(cfg))
-        c0, c1, c2 = Signal(ctl), Signal(ctl), Signal(ctl)
+        s0_valid = Signal()
+        c1, c2 = Signal(ctl), Signal(ctl)
         prod = [Signal(signed(2 * cfg.act_bits), name=f"prod_{k}") for k in range(N)]
         prod2 = [Signal(signed(2 * cfg.act_bits), name=f"prod2_{k}") for k in range(N)]
         # Stage 3: the accumulators and the shadow queue (A is offered on o, B waits behind it).
@@ -75,10 +76,10 @@ class PEArray(wiring.Component):
         m.d.sync += committed.eq(committed + take_in - take_out)
 
         m.d.sync += [
-            s0.eq(p),
-            c0.valid.eq(self.i.valid & self.i.ready), c0.first.eq(p.first),
-            c0.last.eq(p.last), c0.zero.eq(p.zero), c0.tag.eq(p.tag),
-            c1.eq(c0), c2.eq(c1),
+            s0.eq(p), s0_valid.eq(self.i.valid & self.i.ready),
+            c1.valid.eq(s0_valid), c1.first.eq(s0.first), c1.last.eq(s0.last),
+            c1.zero.eq(s0.zero), c1.tag.eq(s0.tag),
+            c2.eq(c1),
         ]
         for r in range(R):
             for j in range(C):
