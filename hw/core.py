@@ -197,9 +197,7 @@ class Core(wiring.Component):
         with m.If(bus_adv):
             m.d.sync += e_error.eq(bad)
         host_write = Signal()
-        host_read = Signal()
-        m.d.comb += [host_write.eq(accept & cmd.write & ~bad),
-                     host_read.eq(accept & ~cmd.write & ~bad)]
+        m.d.comb += host_write.eq(accept & cmd.write & ~bad)
 
         def lane(index, banks):
             """(bank, in-bank address) of a host index in a banked region."""
