@@ -19,9 +19,11 @@ Ports
     A read port of the output-parameter memory with one cycle of latency: ``param_data`` in
     cycle ``t`` must be the word at the ``param_addr`` of cycle ``t−1`` (a synchronous read
     port, enabled always since the last ``start``); the stage registers it before use.
-    ``param_addr = desc.pbase + cog``, the ``cog`` of the block on ``i`` or, while there is
-    none, of the layer's previous block (0 before its first). A block waits two cycles for its
-    parameters only when its ``cog`` differs from the previous block's.
+    ``param_addr`` is a register (it drives a memory as wide as ``R`` parameter sets, spread
+    over many block RAMs): in cycle ``t`` it is ``desc.pbase + cog`` with the ``cog`` of the
+    block on ``i`` in cycle ``t−1`` or, while there was none, of the layer's previous block
+    (0 before its first). A block waits three cycles for its parameters only when its ``cog``
+    differs from the previous block's.
 ``wr[w]`` for ``w < OW``: ``en``, ``index``, ``data``, ``flag``
     Registered write lanes; the lanes enabled in one cycle address distinct banks. A word is
     written exactly once; ``flag`` is the tile's flag bit (its data is then all zeros).
@@ -111,22 +113,24 @@ class OutputStage(wiring.Component):
         stage = data.StructLayout({"valid": 1, "last": 1, "step": range(U), "tag": tagl})
         act8 = signed(8)
 
-        # ---- parameters: param_data belongs to last cycle's param_addr; it is registered
-        # (pd) before use, so pd is the word at the param_addr of two cycles ago.
+        # ---- parameters: param_addr registers the address wanted now; param_data belongs to
+        # last cycle's param_addr and is registered (pd) before use, so pd is the word wanted
+        # three cycles ago.
+        want = Signal.like(self.param_addr)
         paddr_q = Signal.like(self.param_addr)
         paddr_qq = Signal.like(self.param_addr)
-        paddr_ok = Signal(2)                        # shift register: 0b11 two cycles after start
+        paddr_ok = Signal(3)                        # shift register: all ones 3 cycles after start
         pd = Signal.like(self.param_data)
         cog_q = Signal.like(i.payload.tag.cog)      # the layer's previous block's cog
-        m.d.comb += self.param_addr.eq(desc.pbase + Mux(i.valid, i.payload.tag.cog, cog_q))
-        m.d.sync += [paddr_q.eq(self.param_addr), paddr_qq.eq(paddr_q),
-                     paddr_ok.eq(Cat(1, paddr_ok[0])), pd.eq(self.param_data)]
+        m.d.comb += want.eq(desc.pbase + Mux(i.valid, i.payload.tag.cog, cog_q))
+        m.d.sync += [self.param_addr.eq(want), paddr_q.eq(self.param_addr), paddr_qq.eq(paddr_q),
+                     paddr_ok.eq(Cat(1, paddr_ok[:2])), pd.eq(self.param_data)]
         with m.If(i.valid):
             m.d.sync += cog_q.eq(i.payload.tag.cog)
         with m.If(self.start):
             m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
         params_ready = Signal()
-        m.d.comb += params_ready.eq(paddr_ok[1] & (paddr_qq == self.param_addr))
+        m.d.comb += params_ready.eq(paddr_ok[2] & (paddr_qq == want))
 
         # ---- requantization pipeline --------------------------------------------------------
         # It never stalls: a block's steps enter stage A1 at most one per cycle, so consecutive

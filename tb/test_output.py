@@ -238,9 +238,9 @@ async def run_all(dut, p_valid, seed_offset, *, check_rate=False):
                           f"({nf} flagged, {nz} non-zero), blocks accepted in "
                           f"{acc_at[-1] - acc_at[0] + 1} cycles")
             if check_rate:
-                # One block per R/OW cycles, plus two cycles whenever the parameters change
-                # (a new cog: read, then registered).
-                budget = len(blocks) * U + 2 * (p.desc["cogs"] - 1)
+                # One block per R/OW cycles, plus three cycles whenever the parameters change
+                # (a new cog: address registered, read, data registered).
+                budget = len(blocks) * U + 3 * (p.desc["cogs"] - 1)
                 span = acc_at[-1] - acc_at[0] + U
                 assert span <= budget, f"{name}: {span} cycles for {len(blocks)} blocks " \
                                        f"(budget {budget})"
