@@ -90,11 +90,14 @@ class Core(wiring.Component):
         regions = layout.region_map(cfg)
         m = Module()
 
-        m.submodules.loader = loader = Loader(cfg)
+        m.submodules.loader = loader = Loader(cfg, credits=PEArray.CREDITS)
         m.submodules.pe_array = pe = PEArray(cfg)
         m.submodules.output = out = OutputStage(cfg)
         wiring.connect(m, loader.o, pe.i)
         wiring.connect(m, pe.o, out.i)
+        # The loader's credit comes back through a register when the output stage takes a
+        # block from the PE array.
+        m.d.sync += loader.block_done.eq(out.i.valid & out.i.ready)
 
         # -- run state ----------------------------------------------------------------------
         busy = Signal()
@@ -321,7 +324,7 @@ class Core(wiring.Component):
 
         with m.If(busy):
             m.d.sync += run_cycles.eq(run_cycles + 1)
-        with m.If(pe.i.valid & pe.i.ready & pe.i.payload.last):
+        with m.If(pe.i.valid & pe.i.payload.last):
             m.d.sync += blocks_in.eq(blocks_in + 1)
         with m.If(out.i.valid & out.i.ready):
             m.d.sync += blocks_out.eq(blocks_out + 1)

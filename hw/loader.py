@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ S1 ─▶ S2 ─▶ FIFO (groups) ─▶ issue ─▶ X ─▶ A (addresses) ─▶ D (data) ─▶ E ─▶ O ─▶ o
+    S0 ─▶ P ─▶ S1 ─▶ S2 ─▶ FIFO ─▶ issue ─▶ X ─▶ A ─▶ R (addresses) ─▶ D (data) ─▶ E ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -27,16 +27,27 @@ Pipeline
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
   behind (then the block cannot end earlier anyway). It registers the slot's bit index and its
   group's entry; **X** decodes them (kernel row and column, words, lanes) into A's registers.
-* **A** drives the activation and weight read ports, **D** receives the data (1-cycle read
+* **A** works out the activation and weight read addresses, **R** holds them in registers
+  that drive the read ports (so only wires run to the block RAMs, which may sit anywhere on
+  the chip), **D** receives the data (1-cycle read
   latency), **E** registers it (so no logic follows the block RAMs' outputs) and forms the slot
-  from it, **O** holds the slot on ``o``. Issue, X, A, D, E and O advance together whenever O
-  is empty or ``o`` accepts (a global stall); while they stall every read enable is low, so
-  the memories hold their outputs (``amaranth.lib.memory`` read-port semantics).
+  from it, **O** holds the slot on ``o``. X, A, D, E and O advance every cycle: nothing after
+  issue ever stalls.
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+12``
-(latch, setup, init, S0, P, S1, S2, issue, X → A, D, E, O); ``done`` rises 2 cycles after the
-last slot's handshake, so start → done takes ``max(issued slots, scan cycles) + 13`` cycles with
-``o`` always ready.
+Flow control by credit: ``o`` has no ``ready`` (the PE array takes every slot). Instead the
+loader keeps at most ``credits`` blocks *outstanding* — blocks whose last slot it has issued
+and whose ``block_done`` pulse it has not yet received — and holds a block's last slot in
+issue while ``credits`` are outstanding. The consumer pulses ``block_done`` once per block when
+the block has left it (the core: when the PE array's block is taken by the output stage,
+through a register); a pulse may come any number of cycles late, which only costs throughput.
+So the only signal from downstream is a registered pulse, and the stages after issue have no
+enable at all.
+
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+13``
+(latch, setup, init, S0, P, S1, S2, issue, X → A, R, D, E, O); ``done`` rises 2 cycles after
+the last slot is on ``o``, so start → done takes ``max(issued slots, scan cycles) + 14`` cycles
+when credits come back in time (a block's last slot issued in cycle ``c`` is on ``o`` in cycle
+``c+6``).
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
 issued slot at all costs its number of groups). ``o.valid`` and ``o.payload`` are registers.
@@ -49,27 +60,27 @@ enabled read of that port):
 * ``act_addr[b]``, ``act_en[b]``, ``act_data[b]`` (``b < NB``): the input activation buffer's data
   banks; ``act_data`` is a word of ``C`` int8 lanes (lane 0 in the low byte), in-bank address =
   physical index div ``NB``. ``act_en`` is high exactly for the words really fetched (the words
-  an issued slot reads, flagged ones included, as ``sw/schedule.py`` counts them) and **must**
-  drive the read port's enable (the loader relies on the data holding while it stalls).
+  an issued slot reads, flagged ones included, as ``sw/schedule.py`` counts them); the data is
+  used only in the cycle after the read, so the port's enable may also be tied high.
 * ``flag_addr[b][k]``, ``flag_data[b][k]`` (``k < Kmax``), ``flag_en``: the flag banks of the
   same buffer, ``Kmax`` read ports per bank; ``flag_en`` is high in the cycles the loader reads
   them (the data is used only in the cycle after, so no hold is needed and tying the ports'
   enables high is fine). fc layers use port 0 only.
 * ``wgt_addr[j]``, ``wgt_en[j]``, ``wgt_data[j]`` (``j < C``): the weight banks, words of ``R``
-  int8 lanes. ``wgt_en`` must drive the ports' enables (same hold requirement as ``act_en``).
+  int8 lanes, enabled like ``act_en``.
 * ``mask_addr``, ``mask_en``, ``mask_data``: the weight-skip mask memory (``G`` bits per word),
   read like the flags.
 
 Control: ``start`` (one-cycle pulse; latches ``desc`` and ``skip`` and restarts the loader),
 ``busy`` (from the cycle after ``start`` until the layer is done), ``done`` (level: high from
-the second cycle after the last slot of the layer was accepted on ``o`` until the next
+the second cycle after the last slot of the layer was on ``o`` until the next
 ``start``; low after reset).
 
 Counters: ``issue_slots``, ``issue_slots_skipped``, ``act_bytes_read``, ``weight_bytes_read``
 are *increments* in this cycle (registers, zero while idle: add them up from ``start`` on; the
 sums are complete when ``done`` rises and equal ``sw.schedule.layer_stats``). The slot counts and
 the weight bytes are counted one cycle after a group's slot mask is formed (S2), the activation
-bytes one cycle after the words are fetched (A).
+bytes one cycle after the words are fetched (R).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
@@ -115,8 +126,9 @@ def _low(v, n):
 class Loader(wiring.Component):
     """Block and slot sequencer of one layer; see the module docstring for the interfaces."""
 
-    def __init__(self, config):
+    def __init__(self, config, *, credits):
         self.config = config
+        self.credits = credits
         cfg = config
         R, C, NB, K = cfg.rows, cfg.cols, cfg.act_banks, cfg.max_kernel
         G = cfg.group_bits
@@ -129,7 +141,8 @@ class Loader(wiring.Component):
             "start": In(1),
             "busy": Out(1),
             "done": Out(1),
-            "o": Out(stream.Signature(slot_layout(cfg))),
+            "o": Out(stream.Signature(slot_layout(cfg), always_ready=True)),
+            "block_done": In(1),
             # activation data banks
             "act_addr": Out(self._act_addr_bits).array(NB),
             "act_en": Out(1).array(NB),
@@ -274,7 +287,6 @@ class Loader(wiring.Component):
         blk_has = Signal()
 
         # -- X, A, D and O stages -------------------------------------------------------------
-        adv = Signal()
         o_valid = Signal()
         x_valid, x_first, x_last = Signal(), Signal(), Signal()
         xe = Signal(E)                          # the issued slot's group (mask unused)
@@ -501,23 +513,25 @@ class Loader(wiring.Component):
         idx = Signal(range(max(G, 2)))
         final = Signal()
         sealed = Signal()
+        ends = Signal()                  # the head's final slot ends its block
+        outstanding = Signal(range(self.credits + 1))
         fire_i = Signal()
         m.d.comb += [
             rem.eq(head.mask & ~done_bits),
             low.eq(rem & (~rem + 1)[:G]),
             final.eq((rem & ~low) == 0),
             sealed.eq((level >= 2) | tail_sealed),
-            fire_i.eq((level != 0) & (~final | sealed) & adv),
+            ends.eq(final & head.last),
+            fire_i.eq((level != 0) & (~final | sealed) & ~(ends & (outstanding == self.credits))),
             pop.eq(fire_i & final),
             idx.eq(Cat(*[Cat(*[low[b] for b in range(G) if (b >> n) & 1]).any()
                          for n in range(max(1, (G - 1).bit_length()))])),
         ]
         with m.If(fire_i):
-            m.d.sync += [done_bits.eq(Mux(final, 0, done_bits | low)),
-                         started.eq(~(final & head.last))]
-        with m.If(adv):
-            m.d.sync += [x_valid.eq(fire_i), x_first.eq(~started), x_last.eq(final & head.last),
-                         xe.eq(head), x_idx.eq(idx), x_low.eq(low[:NB])]
+            m.d.sync += [done_bits.eq(Mux(final, 0, done_bits | low)), started.eq(~ends)]
+        m.d.sync += [x_valid.eq(fire_i), x_first.eq(~started), x_last.eq(ends),
+                     xe.eq(head), x_idx.eq(idx), x_low.eq(low[:NB])]
+        m.d.sync += outstanding.eq(outstanding + (fire_i & ends) - self.block_done)
 
         # ==== X: decode the slot of bit x_idx ===================================================
         ky_t = Array([Const(min(b // KM, KM - 1), range(KM)) for b in range(max(G, 2))])
@@ -527,69 +541,78 @@ class Loader(wiring.Component):
         kx = Signal(range(max(KM, 2)))
         m.d.comb += [ky.eq(ky_t[x_idx]), kx.eq(kx_t[x_idx])]
         rv = xe.rowv.bit_select(ky, 1)
-        with m.If(adv):
+        m.d.sync += [
+            a_valid.eq(x_valid), a_zero.eq(xe.zero), a_first.eq(x_first), a_last.eq(x_last),
+            a_cog.eq(xe.cog), a_y.eq(xe.y), a_xg.eq(xe.xg),
+        ]
+        with m.If(is_fc):
+            m.d.sync += [a_t.eq(xe.tk[0]), a_rot.eq(0), a_used.eq(x_low),
+                         a_wb.eq(xe.wb), a_soff.eq(x_idx)]
+            for j in range(C):
+                m.d.sync += [a_o[j].eq(x_idx), a_l[j].eq(j), a_v[j].eq(~xe.zero)]
+        with m.Else():
             m.d.sync += [
-                a_valid.eq(x_valid), a_zero.eq(xe.zero), a_first.eq(x_first), a_last.eq(x_last),
-                a_cog.eq(xe.cog), a_y.eq(xe.y), a_xg.eq(xe.xg),
+                a_t.eq(xe.tk[ky]),
+                a_rot.eq(_low(xe.ci, lgNB)),
+                a_used.eq(Mux(rv, xe.used.word_select(kx, NB), 0)),
+                a_wb.eq(xe.wb), a_soff.eq(soff_t[x_idx]),
             ]
-            with m.If(is_fc):
-                m.d.sync += [a_t.eq(xe.tk[0]), a_rot.eq(0), a_used.eq(x_low),
-                             a_wb.eq(xe.wb), a_soff.eq(x_idx)]
-                for j in range(C):
-                    m.d.sync += [a_o[j].eq(x_idx), a_l[j].eq(j), a_v[j].eq(~xe.zero)]
-            with m.Else():
+            for j in range(C):
                 m.d.sync += [
-                    a_t.eq(xe.tk[ky]),
-                    a_rot.eq(_low(xe.ci, lgNB)),
-                    a_used.eq(Mux(rv, xe.used.word_select(kx, NB), 0)),
-                    a_wb.eq(xe.wb), a_soff.eq(soff_t[x_idx]),
+                    a_o[j].eq(Array([offw[x][j] for x in range(KM)])[kx]),
+                    a_l[j].eq(Array([lane[x][j] for x in range(KM)])[kx]),
+                    a_v[j].eq(rv & xe.colv.bit_select(kx * C + j, 1) & ~xe.zero),
                 ]
-                for j in range(C):
-                    m.d.sync += [
-                        a_o[j].eq(Array([offw[x][j] for x in range(KM)])[kx]),
-                        a_l[j].eq(Array([lane[x][j] for x in range(KM)])[kx]),
-                        a_v[j].eq(rv & xe.colv.bit_select(kx * C + j, 1) & ~xe.zero),
-                    ]
 
-        # ==== A: read addresses ================================================================
-        m.d.comb += adv.eq(~o_valid | self.o.ready)
+        # ==== A: read addresses, into the port registers of R ===================================
         rd = Signal()
-        m.d.comb += rd.eq(a_valid & adv & ~a_zero)
+        m.d.comb += rd.eq(a_valid & ~a_zero)
         act_en = Signal(NB)
         for b in range(NB):
             ib = _low(b - a_t - a_rot, lgNB)
-            m.d.comb += [
-                self.act_addr[b].eq((a_t + ib)[lgNB:lgNB + IBW]),
-                act_en[b].eq(rd & a_used.bit_select(ib, 1)),
-                self.act_en[b].eq(act_en[b]),
-            ]
-        m.d.sync += self.act_bytes_read.eq(_popcount(act_en, NB) * C)
+            m.d.comb += act_en[b].eq(rd & a_used.bit_select(ib, 1))
+            m.d.sync += [self.act_addr[b].eq((a_t + ib)[lgNB:lgNB + IBW]),
+                         self.act_en[b].eq(act_en[b])]
+        m.d.sync += self.act_bytes_read.eq(_popcount(Cat(*self.act_en), NB) * C)
         a_widx = Signal(wt + 1)
         m.d.comb += a_widx.eq(a_wb + a_soff)
         wbank = Signal(range(max(C, 2)))
         m.d.comb += wbank.eq(_low(a_widx, lgC))
         for j in range(C):
-            m.d.comb += [
+            m.d.sync += [
                 self.wgt_addr[j].eq(Mux(is_fc, a_widx, a_widx[lgC:])[:WBW]),
                 self.wgt_en[j].eq(rd & (is_fc | (wbank == j))),
             ]
 
+        # ==== R: the read ports' registers are on the memories =================================
+        r_valid, r_zero, r_first, r_last = Signal(), Signal(), Signal(), Signal()
+        r_cog, r_y, r_xg = Signal(ch), Signal(wd), Signal(wd)
+        r_bank = [Signal(range(max(NB, 2)), name=f"r_bank{j}") for j in range(C)]
+        r_l = [Signal(range(max(C, 2)), name=f"r_l{j}") for j in range(C)]
+        r_v = [Signal(name=f"r_v{j}") for j in range(C)]
+        r_wbank = Signal(range(max(C, 2)))
+        m.d.sync += [
+            r_valid.eq(a_valid), r_zero.eq(a_zero), r_first.eq(a_first),
+            r_last.eq(a_last), r_cog.eq(a_cog), r_y.eq(a_y), r_xg.eq(a_xg),
+            r_wbank.eq(wbank),
+        ]
+        for j in range(C):
+            m.d.sync += [r_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), r_l[j].eq(a_l[j]),
+                         r_v[j].eq(a_v[j])]
+
         # ==== D: data ==========================================================================
-        with m.If(adv):
-            m.d.sync += [
-                d_valid.eq(a_valid), d_zero.eq(a_zero), d_first.eq(a_first),
-                d_last.eq(a_last), d_cog.eq(a_cog), d_y.eq(a_y), d_xg.eq(a_xg),
-                d_wbank.eq(wbank),
-            ]
-            for j in range(C):
-                m.d.sync += [d_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), d_l[j].eq(a_l[j]),
-                             d_v[j].eq(a_v[j])]
+        m.d.sync += [
+            d_valid.eq(r_valid), d_zero.eq(r_zero), d_first.eq(r_first),
+            d_last.eq(r_last), d_cog.eq(r_cog), d_y.eq(r_y), d_xg.eq(r_xg),
+            d_wbank.eq(r_wbank),
+        ]
+        for j in range(C):
+            m.d.sync += [d_bank[j].eq(r_bank[j]), d_l[j].eq(r_l[j]), d_v[j].eq(r_v[j])]
 
         # ==== E: D's slot with its memory data registered (nothing after the block RAMs) =====
         def e_copy(d):
             e = Signal.like(d, name="e" + d.name[1:])
-            with m.If(adv):
-                m.d.sync += e.eq(d)
+            m.d.sync += e.eq(d)
             return e
 
         e_valid, e_zero, e_first, e_last = map(e_copy, (d_valid, d_zero, d_first, d_last))
@@ -597,9 +620,8 @@ class Loader(wiring.Component):
         e_bank, e_l, e_v = ([e_copy(d) for d in ds] for ds in (d_bank, d_l, d_v))
         e_act = [Signal(8 * C, name=f"e_act{b}") for b in range(NB)]
         e_wgt = [Signal(8 * R, name=f"e_wgt{j}") for j in range(C)]
-        with m.If(adv):
-            m.d.sync += [e_act[b].eq(self.act_data[b]) for b in range(NB)]
-            m.d.sync += [e_wgt[j].eq(self.wgt_data[j]) for j in range(C)]
+        m.d.sync += [e_act[b].eq(self.act_data[b]) for b in range(NB)]
+        m.d.sync += [e_wgt[j].eq(self.wgt_data[j]) for j in range(C)]
 
         pl = Signal(slot_layout(cfg))           # E's slot
         act_words = Array(e_act)
@@ -621,8 +643,7 @@ class Loader(wiring.Component):
         ]
 
         # ==== O: the slot on o =================================================================
-        with m.If(adv):
-            m.d.sync += [o_valid.eq(e_valid), self.o.payload.eq(pl)]
+        m.d.sync += [o_valid.eq(e_valid), self.o.payload.eq(pl)]
         m.d.comb += self.o.valid.eq(o_valid)
 
         # ==== control ==========================================================================
@@ -648,14 +669,14 @@ class Loader(wiring.Component):
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
         with m.If((state == DRAIN) & ~p_valid & ~s1_valid & ~s2_valid & (level == 0) & ~x_valid
-                  & ~a_valid & ~d_valid & ~e_valid & ~o_valid):
+                  & ~a_valid & ~r_valid & ~d_valid & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
-                a_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
+                a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
                 self.weight_bytes_read.eq(0), self.act_bytes_read.eq(0),
             ]

@@ -8,19 +8,17 @@ Four pipeline stages, one slot per cycle, and no stall anywhere:
 2. the products are registered again (stages 0 and 2 let the placer split the long routes to
    and from the DSP blocks, which sit in fixed rows across the chip);
 3. the accumulators add them (``first``: load instead of add; ``zero``: add nothing). The last
-   slot of a block writes its sum into a shadow register instead (two of them, A and B, a
-   queue), which is offered on ``o`` with the slot's tag while the next blocks accumulate.
+   slot of a block writes its sum into a shadow register instead (a queue of
+   :attr:`PEArray.CREDITS` of them); the queue's head is offered on ``o`` with the slot's tag
+   while the next blocks accumulate.
 
-Latency: a block's ``last`` slot accepted in cycle ``t`` is offered on ``o`` from cycle ``t+4``
+Latency: a block's ``last`` slot on ``i`` in cycle ``t`` is offered on ``o`` from cycle ``t+4``
 (later if an earlier block still waits on ``o``).
-Flow control by credit: ``i.ready`` is low only for a block's ``last`` slot while two blocks
-whose last slot has been accepted have not yet been taken from ``o`` (so both shadows are
-spoken for) and ``o`` does not take one in this cycle; it depends on ``i.payload.last``,
-``o.ready`` and registers only. Every other slot is always taken, so the array never holds a
-slot and nothing fans out from ``o.ready`` but the queue's own moves. With ``o`` always ready
-a last slot is refused only when the two blocks before it both ended in the 3 cycles before
-(one-slot blocks); the output stage takes one block per ``R/OW`` cycles and gets them without
-a gap when ``R/OW ≥ 4``. ``o.valid`` and ``o.payload`` are registers.
+Flow control by credit: ``i`` has no ``ready``; every slot is taken. The source must hold back
+a block's ``last`` slot while :attr:`CREDITS` blocks whose last slot it sent have not yet been
+taken from ``o`` (the loader does, counting the taken blocks with a delay), so a finished
+block always finds a free shadow. Nothing fans out from ``o.ready`` but the queue's own moves.
+``o.valid`` and ``o.payload`` are registers.
 """
 
 from amaranth import Const, Module, Mux, Signal, signed
@@ -33,10 +31,16 @@ __all__ = ["PEArray"]
 
 
 class PEArray(wiring.Component):
+    #: Finished blocks the array can hold: blocks a source may have sent (their last slot)
+    #: and not yet seen taken from ``o``. The loader's credit loop (issue → ``o`` → taken by
+    #: the output stage → back) is about ``R/OW + 10`` cycles, so three keep blocks of
+    #: ``R/OW`` cycles or more flowing without a gap even for ``R/OW`` as small as 2.
+    CREDITS = 3
+
     def __init__(self, config):
         self.config = config
         super().__init__({
-            "i": In(stream.Signature(slot_layout(config))),
+            "i": In(stream.Signature(slot_layout(config), always_ready=True)),
             "o": Out(stream.Signature(block_layout(config))),
         })
 
@@ -55,28 +59,21 @@ class PEArray(wiring.Component):
         c1, c2 = Signal(ctl), Signal(ctl)
         prod = [Signal(signed(2 * cfg.act_bits), name=f"prod_{k}") for k in range(N)]
         prod2 = [Signal(signed(2 * cfg.act_bits), name=f"prod2_{k}") for k in range(N)]
-        # Stage 3: the accumulators and the shadow queue (A is offered on o, B waits behind it).
+        # Stage 3: the accumulators and the shadow queue (shadow[0], its head, is on o).
         acc = [Signal(signed(cfg.acc_bits), name=f"acc_{k}") for k in range(N)]
-        shadow_a = Signal(block_layout(cfg))
-        shadow_b = Signal(block_layout(cfg))
-        a_valid = Signal()
-        b_valid = Signal()
-        committed = Signal(range(3))     # blocks with their last slot taken on i, not yet on o
+        shadow = [Signal(block_layout(cfg), name=f"shadow_{q}") for q in range(self.CREDITS)]
+        queued = Signal(range(self.CREDITS + 1))
+        head_valid = Signal()                    # queued != 0, as a register
 
-        p = self.i.payload
-        take_in = Signal()
         take_out = Signal()
         m.d.comb += [
-            self.i.ready.eq(~(p.last & (committed == 2) & ~take_out)),
-            take_in.eq(self.i.valid & self.i.ready & p.last),
             take_out.eq(self.o.valid & self.o.ready),
-            self.o.valid.eq(a_valid),
-            self.o.payload.eq(shadow_a),
+            self.o.valid.eq(head_valid),
+            self.o.payload.eq(shadow[0]),
         ]
-        m.d.sync += committed.eq(committed + take_in - take_out)
 
         m.d.sync += [
-            s0.eq(p), s0_valid.eq(self.i.valid & self.i.ready),
+            s0.eq(self.i.payload), s0_valid.eq(self.i.valid),
             c1.valid.eq(s0_valid), c1.first.eq(s0.first), c1.last.eq(s0.last),
             c1.zero.eq(s0.zero), c1.tag.eq(s0.tag),
             c2.eq(c1),
@@ -93,23 +90,16 @@ class PEArray(wiring.Component):
         m.d.comb += block.tag.eq(c2.tag)
         with m.If(c2.valid & ~c2.last):
             m.d.sync += [acc[k].eq(block.acc[k]) for k in range(N)]
-        # The queue: A is taken (B moves up), a finished block joins at its tail. The credit
-        # on i guarantees a free place for every block that finishes.
+        # The queue moves up when its head is taken; a finished block joins at its tail. The
+        # source's credit guarantees a free place for every block that finishes.
         store = c2.valid & c2.last
-        with m.If(take_out):
-            with m.If(b_valid):
-                m.d.sync += shadow_a.eq(shadow_b)
-                with m.If(store):
-                    m.d.sync += shadow_b.eq(block)
-                with m.Else():
-                    m.d.sync += b_valid.eq(0)
-            with m.Elif(store):
-                m.d.sync += shadow_a.eq(block)
-            with m.Else():
-                m.d.sync += a_valid.eq(0)
-        with m.Elif(store):
-            with m.If(~a_valid):
-                m.d.sync += [shadow_a.eq(block), a_valid.eq(1)]
-            with m.Else():
-                m.d.sync += [shadow_b.eq(block), b_valid.eq(1)]
+        tail = Signal.like(queued)
+        m.d.comb += tail.eq(queued - take_out)
+        m.d.sync += [queued.eq(tail + store), head_valid.eq((tail != 0) | store)]
+        for q in range(self.CREDITS):
+            with m.If(store & (tail == q)):
+                m.d.sync += shadow[q].eq(block)
+            if q + 1 < self.CREDITS:
+                with m.Elif(take_out):
+                    m.d.sync += shadow[q].eq(shadow[q + 1])
         return m

@@ -42,10 +42,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Cat, Elaboratable, Module, Signal, Value
+from amaranth import Cat, Elaboratable, Module, Signal
 from amaranth.build import Clock
-from amaranth.hdl import ValueCastable
 from amaranth.lib import wiring
+
+from hw import build
 
 __all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "format_table"]
 
@@ -93,13 +94,6 @@ def toolchain_env(base=None):
     return env
 
 
-def _flat_ports(component):
-    for path, member, value in component.signature.flatten(component):
-        if isinstance(value, ValueCastable):
-            value = value.as_value()
-        yield path, member.flow, Value.cast(value)
-
-
 class Harness(Elaboratable):
     """Top level for synthesis: ``component`` with all ports tied to registers and one LED.
 
@@ -122,7 +116,7 @@ class Harness(Elaboratable):
     def __init__(self, component, led="led"):
         self.component = component
         self.led = led
-        ports = list(_flat_ports(component))
+        ports = list(build.ports(component))
         self.inputs = [v for _, flow, v in ports if flow == wiring.In]
         self.outputs = [v for _, flow, v in ports if flow == wiring.Out]
         self.in_width = sum(len(v) for v in self.inputs)

@@ -20,10 +20,12 @@ COCOTB_TESTS = ("test_all_layers_dense_and_sparse", "test_pruned_weights", "test
 @pytest.fixture(scope="module", params=[SMALL, WIDE], ids=["small", "wide"])
 def sim(request):
     from hw.loader import Loader
+    from hw.pe_array import PEArray
     from tb import runner
 
     cfg = request.param
-    sim = runner.build_component(Loader(cfg), "loader", cfg, internals=False)
+    sim = runner.build_component(Loader(cfg, credits=PEArray.CREDITS), "loader", cfg,
+                                 internals=False)
     env = {"TILESKIP_CONFIG": json.dumps(cfg.to_dict()),
            "TILESKIP_LOADER_PERF": str(sim.build_dir / "perf.jsonl")}
     return runner, sim, env, sim.build_dir
