@@ -65,7 +65,7 @@ class Core(wiring.Component):
         Host bus commands: write or read one word of a region. One command per cycle is
         taken (``cmd.ready`` is low only while a response waits for ``rsp.ready``).
     rsp : Out(stream.Signature(rsp layout))
-        One response per command, in order, 3 cycles after the command was taken (later if
+        One response per command, in order, 4 cycles after the command was taken (later if
         ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an unknown
         region, an index out of range, a write to a read-only word, or a memory access while a
         run is in progress; an erroneous command changes nothing. ``rsp.payload`` is a
@@ -152,11 +152,12 @@ class Core(wiring.Component):
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
-        # Three register stages, one command per cycle: Q holds the accepted command, which is
+        # Four register stages, one command per cycle: Q holds the accepted command, which is
         # checked and decoded there and drives the memory ports; E gets the read data and
-        # selects the word; the response register sends it. They advance together whenever
-        # the response register is empty or taken; the host's read ports are enabled only
-        # then, so that the memories hold E's data through a stall.
+        # selects the word within each region (F registers one candidate per region, next to
+        # its memories); F selects the region's; the response register sends it. They advance
+        # together whenever the response register is empty or taken; the host's read ports
+        # are enabled only then, so that the memories hold E's data through a stall.
         bus_adv = Signal()
         q_valid = Signal()
         cmd = Signal.like(self.cmd.payload)       # Q: the command
@@ -165,6 +166,10 @@ class Core(wiring.Component):
         e_region = Signal(4)
         e_index = Signal.like(cmd.index)
         e_read = Signal()
+        f_valid = Signal()
+        f_error = Signal()
+        f_region = Signal(4)
+        f_read = Signal()
         rsp_valid = Signal()
         accept = Signal()                          # the command in Q is executed
         m.d.comb += [
@@ -176,7 +181,8 @@ class Core(wiring.Component):
         with m.If(bus_adv):
             m.d.sync += [q_valid.eq(self.cmd.valid), cmd.eq(self.cmd.payload),
                          e_valid.eq(q_valid), e_region.eq(cmd.region), e_index.eq(cmd.index),
-                         e_read.eq(~cmd.write), rsp_valid.eq(e_valid)]
+                         e_read.eq(~cmd.write), f_valid.eq(e_valid), f_region.eq(e_region),
+                         f_read.eq(e_read), f_error.eq(e_error), rsp_valid.eq(f_valid)]
 
         # Which command is acceptable, and what it touches.
         in_range = Signal()
@@ -258,7 +264,7 @@ class Core(wiring.Component):
             count_r.addr.eq(cmd.index), count_r.en.eq(bus_adv),
         ]
 
-        # E: the read data, by the command's region and index.
+        # E: each region's word at e_index, registered in F; F selects the command's region.
         rdata = Signal.like(self.rsp.payload.data)
         info = [HW_VERSION] + layout.config_words(cfg)
         rb, _ = lane(e_index, NB)
@@ -271,42 +277,40 @@ class Core(wiring.Component):
             sel = e_index[:k]
             return Mux(sel < lanes[region], row.word_select(sel, layout.CHUNK_BITS), 0)
 
+        def select(index, words):
+            word = Signal.like(rdata)
+            with m.Switch(index):
+                for n, value in enumerate(words):
+                    with m.Case(n):
+                        m.d.comb += word.eq(value)
+            return word
+
         rwb, _ = lane(e_index[layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
-        with m.Switch(e_region):
-            for buf in range(2):
-                with m.Case(Region.ACT0 + buf):
-                    with m.Switch(rb):
-                        for b in range(NB):
-                            with m.Case(b):
-                                m.d.comb += rdata.eq(act_r[buf][b].data)
-                with m.Case(Region.FLAG0 + buf):
-                    with m.Switch(rb):
-                        for b in range(NB):
-                            with m.Case(b):
-                                m.d.comb += rdata.eq(flag_r[buf][b][0].data)
-            with m.Case(Region.WEIGHT):
-                with m.Switch(rwb):
-                    for j in range(C):
-                        with m.Case(j):
-                            m.d.comb += rdata.eq(read_chunk(wgt_r[j].data, Region.WEIGHT))
-            with m.Case(Region.MASK):
-                m.d.comb += rdata.eq(mask_r.data)
-            with m.Case(Region.PARAM):
-                m.d.comb += rdata.eq(read_chunk(param_r.data, Region.PARAM))
-            with m.Case(Region.DESC):
-                m.d.comb += rdata.eq(read_chunk(desc_r.data, Region.DESC))
-            with m.Case(Region.COUNT):
-                m.d.comb += rdata.eq(count_r.data)
-            with m.Case(Region.CTRL):
-                with m.Switch(e_index):
-                    with m.Case(0):
-                        m.d.comb += rdata.eq(Cat(busy, done, error, Const(0, 5), run_cycles))
-                    for i, value in enumerate(info):
-                        with m.Case(i + 1):
-                            m.d.comb += rdata.eq(value)
+        candidates = {
+            Region.WEIGHT: select(rwb, [read_chunk(wgt_r[j].data, Region.WEIGHT)
+                                        for j in range(C)]),
+            Region.MASK: mask_r.data,
+            Region.PARAM: read_chunk(param_r.data, Region.PARAM),
+            Region.DESC: read_chunk(desc_r.data, Region.DESC),
+            Region.COUNT: count_r.data,
+            Region.CTRL: select(e_index, [Cat(busy, done, error, Const(0, 5), run_cycles)]
+                                + info),
+        }
+        for buf in range(2):
+            candidates[Region.ACT0 + buf] = select(rb, [act_r[buf][b].data for b in range(NB)])
+            candidates[Region.FLAG0 + buf] = select(rb, [flag_r[buf][b][0].data
+                                                         for b in range(NB)])
+        f_words = {region: Signal.like(rdata, name=f"f_word_{int(region)}")
+                   for region in candidates}
         with m.If(bus_adv):
-            m.d.sync += [self.rsp.payload.data.eq(Mux(e_read & ~e_error, rdata, 0)),
-                         self.rsp.payload.error.eq(e_error)]
+            m.d.sync += [f_words[region].eq(value) for region, value in candidates.items()]
+        with m.Switch(f_region):
+            for region, f_word in f_words.items():
+                with m.Case(region):
+                    m.d.comb += rdata.eq(f_word)
+        with m.If(bus_adv):
+            m.d.sync += [self.rsp.payload.data.eq(Mux(f_read & ~f_error, rdata, 0)),
+                         self.rsp.payload.error.eq(f_error)]
 
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()
