@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 from sw import layout
 from sw.layout import COUNTER_BITS, COUNTERS, HW_VERSION, Region
 
+from .arith import lut_mul
 from .loader import Loader
 from .output import OutputStage
 from .pe_array import PEArray
@@ -375,7 +376,7 @@ class Core(wiring.Component):
                 for i, name in enumerate(COUNTERS):
                     with m.If(store == i):
                         value = last_write if name == "busy_cycles" else counters[name].value
-                        m.d.comb += [count_w.addr.eq(layer * len(COUNTERS) + i),
+                        m.d.comb += [count_w.addr.eq(lut_mul(layer, len(COUNTERS)) + i),
                                      count_w.data.eq(value), count_w.en.eq(1)]
                 m.d.sync += store.eq(store + 1)
                 with m.If(store == len(COUNTERS) - 1):

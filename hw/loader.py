@@ -89,6 +89,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.layout import KIND_FC
 
+from .arith import lut_mul
 from .tags import descriptor_layout, slot_layout
 
 __all__ = ["Loader", "FIFO_DEPTH"]
@@ -317,18 +318,18 @@ class Loader(wiring.Component):
             m.d.sync += [
                 is_fc.eq(L.kind == KIND_FC),
                 kk.eq(kk_now),
-                cikk.eq(L.in_c * kk_now),
-                sP.eq(s_ * L.in_p),
-                rstep.eq(Mux(L.pool, 2 * s_ * L.in_p, s_ * L.in_p)),
+                cikk.eq(lut_mul(L.in_c, kk_now)),
+                sP.eq(lut_mul(s_, L.in_p)),
+                rstep.eq(lut_mul(Mux(L.pool, 2 * s_, s_), L.in_p)),
                 ystep.eq(Mux(L.pool, 2, 1)),
                 iystep.eq(Mux(L.pool, 2 * s_, s_)),
                 xstep.eq(C * s_),
                 x0.eq(-pc),
-                pP.eq(p_ * L.in_p),
+                pP.eq(lut_mul(p_, L.in_p)),
             ]
             for k in range(KM):
-                m.d.sync += [kyP[k].eq(k * L.in_p), inK[k].eq(k < k_)]
-            m.d.sync += [js[j].eq(j * s_) for j in range(C)]
+                m.d.sync += [kyP[k].eq(lut_mul(L.in_p, k)), inK[k].eq(k < k_)]
+            m.d.sync += [js[j].eq(lut_mul(s_, j)) for j in range(C)]
             m.d.sync += [ci_last.eq(L.in_c - 1), g_last.eq(L.groups - 1),
                          xg_last.eq(L.xgs - 1), cog_last.eq(L.cogs - 1)]
             for b in range(KM * KM):
