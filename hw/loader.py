@@ -6,14 +6,15 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ S1 ─▶ S2 ─▶ FIFO ─▶ issue ─▶ X ─▶ A ─▶ R (addresses) ─▶ D (data) ─▶ E ─▶ O ─▶ o
+    S0 ─▶ P ─▶ Q ─▶ S1 ─▶ S2 ─▶ FIFO ─▶ issue ─▶ X ─▶ A ─▶ R ─▶ D ─▶ E ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
   per cycle, with incrementally kept addresses (no multiplier in the loop). **P** (a register
-  stage, for timing) presents the group's flag addresses (conv: ``K`` rows × ``NB`` consecutive
-  words, one read port per row and bank; fc: the group's ``NB`` words on port 0) and its
-  weight-skip mask address.
+  stage, for timing) works out the group's flag addresses (conv: ``K`` rows × ``NB``
+  consecutive words, one read port per row and bank; fc: the group's ``NB`` words on port 0);
+  **Q** holds them and the weight-skip mask address in the registers that drive the read
+  ports (the flag block RAMs may sit anywhere on the chip).
 * **S1** gets the flags and the mask word from the memories and registers them; **S2** forms
   the group's slot mask (bit ``ky·Kmax + kx`` for conv, bit ``i`` = word ``g·NB + i`` for fc):
   all slots of the group when skipping is off, else those reading at least one unflagged word
@@ -21,7 +22,7 @@ Pipeline
   dropped, except the last group of a block, which marks the end of the block: it *seals* the
   FIFO's tail entry (the block's last non-empty group) as the block's last, or, when the block
   has no issued slot, pushes a ``zero`` entry. S0 only starts a group when the FIFO has room
-  for everything in flight (P, S1, S2), so S2 never stalls.
+  for everything in flight (P, Q, S1, S2), so S2 never stalls.
 * **issue** takes the FIFO head and emits one slot per cycle, lowest set bit first. It emits a
   group's final slot only once it knows whether that slot ends the block (the entry is followed
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
@@ -43,9 +44,10 @@ through a register); a pulse may come any number of cycles late, which only cost
 So the only signal from downstream is a registered pulse, and the stages after issue have no
 enable at all.
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+13``
-(latch, setup, init, S0, P, S1, S2, issue, X → A, R, D, E, O); ``done`` rises 2 cycles after
-the last slot is on ``o``, so start → done takes ``max(issued slots, scan cycles) + 14`` cycles
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+14``
+(latch, setup, init, S0, P, Q, S1, S2, issue, X → A, R, D, E, O); ``done`` rises 2 cycles
+after the last slot is on ``o``, so start → done takes ``max(issued slots, scan cycles) + 15``
+cycles
 when credits come back in time (a block's last slot issued in cycle ``c`` is on ``o`` in cycle
 ``c+6``).
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
@@ -95,7 +97,7 @@ from .tags import descriptor_layout, slot_layout
 __all__ = ["Loader", "FIFO_DEPTH"]
 
 #: Groups buffered between scan and issue.
-FIFO_DEPTH = 6
+FIFO_DEPTH = 7
 
 
 def _bits(n):
@@ -270,6 +272,12 @@ class Loader(wiring.Component):
         p_rotk = [Signal(range(max(NB, 2)), name=f"p_rotk{k}") for k in range(KM)]
         p_fcv = Signal(NB)
         p_maddr = Signal(MBW + 1)
+        # -- Q registers: P's group; the flag and mask read addresses drive the ports ---------
+        q_valid = Signal()
+        q = Signal(E)
+        q_blast = Signal()
+        q_rotk = [Signal(range(max(NB, 2)), name=f"q_rotk{k}") for k in range(KM)]
+        q_fcv = Signal(NB)
 
         # -- S1 registers ---------------------------------------------------------------------
         s1_valid = Signal()
@@ -356,12 +364,13 @@ class Loader(wiring.Component):
             ]
             for b in range(NB):
                 ib = _low(b - p_rotk[k], lgNB)
-                m.d.comb += self.flag_addr[b][k].eq((p_tky[k] + ib)[lgNB:lgNB + IBW])
-        m.d.comb += self.mask_addr.eq(p_maddr)
+                m.d.sync += self.flag_addr[b][k].eq((p_tky[k] + ib)[lgNB:lgNB + IBW])
+        m.d.sync += self.mask_addr.eq(p_maddr)
 
         s0_fire = Signal()
-        m.d.comb += s0_fire.eq((state == SCAN) & (level + p_valid + s1_valid + s2_valid < D))
-        m.d.comb += [self.flag_en.eq(p_valid), self.mask_en.eq(p_valid)]
+        m.d.comb += s0_fire.eq((state == SCAN)
+                               & (level + p_valid + q_valid + s1_valid + s2_valid < D))
+        m.d.comb += [self.flag_en.eq(q_valid), self.mask_en.eq(q_valid)]
 
         # row / column validity and the words each kx reads (relative to the group's first word)
         rowv = Signal(KM)
@@ -386,10 +395,13 @@ class Loader(wiring.Component):
         fc_blast = g == g_last
         blast = Mux(is_fc, fc_blast, conv_blast)
 
-        m.d.sync += [s1_valid.eq(p_valid), p_valid.eq(s0_fire)]
+        m.d.sync += [s1_valid.eq(q_valid), q_valid.eq(p_valid), p_valid.eq(s0_fire)]
         with m.If(p_valid):
-            m.d.sync += [s1.eq(p), s1_blast.eq(p_blast), s1_fcv.eq(p_fcv)]
-            m.d.sync += [s1_rotk[k].eq(p_rotk[k]) for k in range(KM)]
+            m.d.sync += [q.eq(p), q_blast.eq(p_blast), q_fcv.eq(p_fcv)]
+            m.d.sync += [q_rotk[k].eq(p_rotk[k]) for k in range(KM)]
+        with m.If(q_valid):
+            m.d.sync += [s1.eq(q), s1_blast.eq(q_blast), s1_fcv.eq(q_fcv)]
+            m.d.sync += [s1_rotk[k].eq(q_rotk[k]) for k in range(KM)]
         m.d.sync += s2_valid.eq(s1_valid)
         with m.If(s1_valid):
             m.d.sync += [s2.eq(s1), s2_blast.eq(s1_blast), s2_fcv.eq(s1_fcv),
@@ -669,13 +681,14 @@ class Loader(wiring.Component):
             empty = (L.cogs == 0) | ((L.kind != KIND_FC)
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
-        with m.If((state == DRAIN) & ~p_valid & ~s1_valid & ~s2_valid & (level == 0) & ~x_valid
-                  & ~a_valid & ~r_valid & ~d_valid & ~e_valid & ~o_valid):
+        with m.If((state == DRAIN) & ~p_valid & ~q_valid & ~s1_valid & ~s2_valid & (level == 0)
+                  & ~x_valid & ~a_valid & ~r_valid & ~d_valid & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
-                p_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), wptr.eq(0), rptr.eq(0), level.eq(0),
+                p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0),
+                wptr.eq(0), rptr.eq(0), level.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
                 a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
