@@ -22,7 +22,8 @@ Pipeline
   dropped, except the last group of a block, which marks the end of the block: it *seals* the
   FIFO's tail entry (the block's last non-empty group) as the block's last, or, when the block
   has no issued slot, pushes a ``zero`` entry. S0 only starts a group when the FIFO has room
-  for everything in flight (P, Q, S1, S2), so S2 never stalls.
+  for everything in flight (P, Q, S1, S2; one register counts the FIFO's entries and those
+  groups), so S2 never stalls.
 * **issue** takes the FIFO head and emits one slot per cycle, lowest set bit first. It emits a
   group's final slot only once it knows whether that slot ends the block (the entry is followed
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
@@ -258,6 +259,7 @@ class Loader(wiring.Component):
         wptr = Signal(range(D))
         rptr = Signal(range(D))
         level = Signal(range(D + 1))
+        occupied = Signal(range(D + 1))         # level + the groups in P, Q, S1 and S2
         tail_sealed = Signal()
         push = Signal()
         push_e = Signal(E)
@@ -368,8 +370,7 @@ class Loader(wiring.Component):
         m.d.sync += self.mask_addr.eq(p_maddr)
 
         s0_fire = Signal()
-        m.d.comb += s0_fire.eq((state == SCAN)
-                               & (level + p_valid + q_valid + s1_valid + s2_valid < D))
+        m.d.comb += s0_fire.eq((state == SCAN) & (occupied < D))
         m.d.comb += [self.flag_en.eq(q_valid), self.mask_en.eq(q_valid)]
 
         # row / column validity and the words each kx reads (relative to the group's first word)
@@ -511,7 +512,8 @@ class Loader(wiring.Component):
             m.d.sync += wptr.eq(Mux(wptr == D - 1, 0, wptr + 1))
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == D - 1, 0, rptr + 1))
-        m.d.sync += level.eq(level + push - pop)
+        m.d.sync += [level.eq(level + push - pop),
+                     occupied.eq(occupied + s0_fire - pop - (s2_valid & ~push))]
 
         # ==== issue ============================================================================
         head = Signal(E)
@@ -688,7 +690,7 @@ class Loader(wiring.Component):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0),
-                wptr.eq(0), rptr.eq(0), level.eq(0),
+                wptr.eq(0), rptr.eq(0), level.eq(0), occupied.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
                 a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
