@@ -33,8 +33,9 @@ __all__ = ["PEArray"]
 class PEArray(wiring.Component):
     #: Finished blocks the array can hold: blocks a source may have sent (their last slot)
     #: and not yet seen taken from ``o``. The loader's credit loop (issue → ``o`` → taken by
-    #: the output stage → back) is about ``R/OW + 10`` cycles, so three keep blocks of
-    #: ``R/OW`` cycles or more flowing without a gap even for ``R/OW`` as small as 2.
+    #: the output stage → back) takes ``R/OW + 11`` cycles, so three keep blocks of ``R/OW``
+    #: cycles flowing without a gap for ``R/OW ≥ 6`` (every named configuration has 8 or more;
+    #: smaller ones pay a few cycles per block).
     CREDITS = 3
 
     def __init__(self, config):

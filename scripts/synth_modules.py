@@ -23,22 +23,25 @@ from pathlib import Path
 from readme import write_section
 from synth import _factory, synthesize
 
+from hw.pe_array import PEArray
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "ecp5"
 TARGET = "ecp5"
 
-#: name → factory, as for scripts/synth.py
+#: name → (factory, as for scripts/synth.py; its parameters besides the configuration)
 MODULES = {
-    "Loader": "hw.loader:Loader",
-    "PEArray": "hw.pe_array:PEArray",
-    "OutputStage": "hw.output:OutputStage",
+    "Loader": ("hw.loader:Loader", {"credits": PEArray.CREDITS}),   # as the core builds it
+    "PEArray": ("hw.pe_array:PEArray", {}),
+    "OutputStage": ("hw.output:OutputStage", {}),
 }
 
 
 def measure(name, build_dir):
-    params = {"config": CONFIG}
-    result = synthesize(_factory(MODULES[name], params), TARGET, build_dir / name / TARGET)
-    return {"factory": MODULES[name], "params": params, "results": [result]}
+    spec, extra = MODULES[name]
+    params = {"config": CONFIG, **extra}
+    result = synthesize(_factory(spec, params), TARGET, build_dir / name / TARGET)
+    return {"factory": spec, "params": params, "results": [result]}
 
 
 def markdown(measured):
