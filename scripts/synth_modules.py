@@ -17,6 +17,7 @@ Usage::
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,11 +38,35 @@ MODULES = {
 }
 
 
+def _commit():
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "hw", "sw"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+def _tool_error(build_dir):
+    """The first ERROR line of the Yosys or nextpnr log in ``build_dir``."""
+    for log in ("top.rpt", "top.tim"):
+        path = build_dir / log
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("ERROR"):
+                    return f"{'yosys' if log == 'top.rpt' else 'nextpnr'}: {line}"
+    return "the build failed (no ERROR line in the logs)"
+
+
 def measure(name, build_dir):
     spec, extra = MODULES[name]
     params = {"config": CONFIG, **extra}
-    result = synthesize(_factory(spec, params), TARGET, build_dir / name / TARGET)
-    return {"factory": spec, "params": params, "results": [result]}
+    data = {"factory": spec, "params": params, "commit": _commit()}
+    try:
+        data["results"] = [synthesize(_factory(spec, params), TARGET,
+                                      build_dir / name / TARGET)]
+    except subprocess.CalledProcessError:
+        data["error"] = _tool_error(build_dir / name / TARGET)
+    return data
 
 
 def markdown(measured):
@@ -50,10 +75,14 @@ def markdown(measured):
         "routed behind the same harness; `python scripts/synth_modules.py`, "
         "`results/modules/`):",
         "",
-        "| module | LUT | FF (harness) | DSP | fmax | critical path |",
-        "|---|---:|---:|---:|---:|---|",
+        "| module | commit | LUT | FF (harness) | DSP | fmax | critical path |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for name, data in measured.items():
+        commit = data.get("commit", "?")
+        if "error" in data:
+            lines.append(f"| {name} | {commit} | | | | failed | {data['error']} |")
+            continue
         r = data["results"][0]
         paths = [p for p in r["critical_paths"] if p["total_ns"] is not None]
         crit = "-"
@@ -61,7 +90,8 @@ def markdown(measured):
             p = max(paths, key=lambda p: p["total_ns"])
             crit = (f"{p['total_ns']:.2f} ns ({p['logic_ns']} logic, {p['routing_ns']} routing): "
                     f"`{p['source']}` → `{p['sink']}`")
-        lines.append(f"| {name} | {r['lut']} | {r['ff']} ({r['harness_ff']}) | {r['dsp']} | "
+        lines.append(f"| {name} | {commit} | {r['lut']} | {r['ff']} ({r['harness_ff']}) | "
+                     f"{r['dsp']} | "
                      f"{r['fmax_mhz']} MHz | {crit} |")
     return "\n".join(lines)
 
@@ -81,12 +111,16 @@ def main(argv=None):
         t0 = time.monotonic()
         print(f"{name}: synthesizing ...", flush=True)
         data = measure(name, args.build_dir)
-        r = data["results"][0]
-        for p in r["critical_paths"]:
-            p.pop("report", None)       # the full report stays in the build directory
+        minutes = (time.monotonic() - t0) / 60
+        if "error" in data:
+            print(f"{name}: failed ({minutes:.1f} min): {data['error']}", flush=True)
+        else:
+            r = data["results"][0]
+            for p in r["critical_paths"]:
+                p.pop("report", None)   # the full report stays in the build directory
+            print(f"{name}: {r['fmax_mhz']} MHz, {r['lut']} LUT, {r['dsp']} DSP "
+                  f"({minutes:.1f} min)", flush=True)
         (args.out / f"{name}.json").write_text(json.dumps(data, indent=1) + "\n")
-        print(f"{name}: {r['fmax_mhz']} MHz, {r['lut']} LUT, {r['dsp']} DSP "
-              f"({(time.monotonic() - t0) / 60:.1f} min)", flush=True)
     if not args.no_readme:
         # the README always shows every module, from the files measured so far
         measured = {name: json.loads((args.out / f"{name}.json").read_text())
