@@ -54,7 +54,6 @@ from amaranth.lib.wiring import In, Out
 
 from sw.config import ConfigError
 
-from .arith import lut_mul
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
 __all__ = ["OutputStage", "write_lane_signature"]
@@ -228,11 +227,10 @@ class OutputStage(wiring.Component):
         c_pix = Signal(aw)              # HWC: pixel index of the first column
         c_ncols = Signal(signed(len(desc.out_w) + len(sb.tag.xg) + C.bit_length() + 2))
         row = Mux(pool, sb.tag.y >> 1, sb.tag.y)
-        col0 = Mux(pool, lut_mul(sb.tag.xg, H), lut_mul(sb.tag.xg, C))
+        col0 = Mux(pool, sb.tag.xg * H, sb.tag.xg * C)
         m.d.sync += [sc.eq(sb),
-                     c_rowp.eq(lut_mul(row, desc.out_p)),
-                     c_cogs.eq(lut_mul(lut_mul(sb.tag.cog, R), desc.out_s)),
-                     c_pix.eq(lut_mul(row, desc.out_w) + col0),
+                     c_rowp.eq(row * desc.out_p), c_cogs.eq(sb.tag.cog * R * desc.out_s),
+                     c_pix.eq(row * desc.out_w + col0),
                      c_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - col0)]
         for w in range(OW):
             rnd = (Const(1, 33) << b_s[w])[1:33]
@@ -255,13 +253,13 @@ class OutputStage(wiring.Component):
                      d_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0] & (ct.xg != desc.xgs - 1)),
                      d_geo.odd.eq(~hwc & ct.xg[0])]
         with m.If(~hwc):
-            m.d.sync += [d_geo.a0.eq(c_cogs + c_rowp + xw), d_geo.co.eq(lut_mul(ct.cog, R)),
+            m.d.sync += [d_geo.a0.eq(c_cogs + c_rowp + xw), d_geo.co.eq(ct.cog * R),
                          d_geo.J.eq(1)]
             for jj in range(C):
                 m.d.sync += d_geo.mask[jj].eq(xw * C + jj < Mux(pool, desc.out_w, desc.conv_w))
         with m.Else():
-            m.d.sync += [d_geo.a0.eq(lut_mul(c_pix, desc.out_q) + lut_mul(ct.cog, KB)),
-                         d_geo.co.eq(lut_mul(ct.cog, KB)),
+            m.d.sync += [d_geo.a0.eq(c_pix * desc.out_q + ct.cog * KB),
+                         d_geo.co.eq(ct.cog * KB),
                          d_geo.mask.eq(Mux(c_ncols > 0, -1, 0))]
             with m.If(c_ncols >= cc):
                 m.d.sync += d_geo.J.eq(cc)
@@ -330,7 +328,7 @@ class OutputStage(wiring.Component):
                                  w_jbase.eq(w_jbase + desc.out_q), w_co.eq(w_k0)]
             with m.Else():
                 m.d.sync += [w_u.eq(w_u + 1), w_co.eq(w_co + OW),
-                             w_a.eq(w_a + Mux(w_hwc, OW, lut_mul(desc.out_s, OW)))]
+                             w_a.eq(w_a + Mux(w_hwc, OW, desc.out_s * OW))]
 
         with m.If(done & done_geo.pair):
             m.d.sync += [pbuf[r][j].eq(res[r][j]) for r in range(R) for j in range(C)]
@@ -361,7 +359,7 @@ class OutputStage(wiring.Component):
             lane = self.wr[w]
             co = w_co + w
             a = Signal(aw, name=f"wa_{w}")
-            m.d.comb += a.eq(w_a + Mux(w_hwc, w, lut_mul(desc.out_s, w)))
+            m.d.comb += a.eq(w_a + Mux(w_hwc, w, desc.out_s * w))
             bank = Mux(w_hwc, a, a + co)[:lnb] if lnb else Const(0, 0)
             index = Cat(bank, a[lnb:]) if lnb else a
             # data: CHW wbuf[u·OW + w][c]; HWC wbuf[(u·OW + w)·C + c][j]
