@@ -313,12 +313,6 @@ class Loader(wiring.Component):
         a_v = [Signal(name=f"a_v{j}") for j in range(C)]
         a_wb = Signal(wt + 1)
         a_soff = Signal(range(max(G, KM * KM, 2)))
-        d_valid, d_zero, d_first, d_last = Signal(), Signal(), Signal(), Signal()
-        d_cog, d_y, d_xg = Signal(ch), Signal(wd), Signal(wd)
-        d_bank = [Signal(range(max(NB, 2)), name=f"d_bank{j}") for j in range(C)]
-        d_l = [Signal(range(max(C, 2)), name=f"d_l{j}") for j in range(C)]
-        d_v = [Signal(name=f"d_v{j}") for j in range(C)]
-        d_wbank = Signal(range(max(C, 2)))
 
         # ==== setup: layer constants ===========================================================
         kk_now = Signal(range(KM * KM + 1))     # K², from a table (no multiplier)
@@ -615,24 +609,22 @@ class Loader(wiring.Component):
             m.d.sync += [r_bank[j].eq(_low(a_t + a_rot + a_o[j], lgNB)), r_l[j].eq(a_l[j]),
                          r_v[j].eq(a_v[j])]
 
-        # ==== D: data ==========================================================================
-        m.d.sync += [
-            d_valid.eq(r_valid), d_zero.eq(r_zero), d_first.eq(r_first),
-            d_last.eq(r_last), d_cog.eq(r_cog), d_y.eq(r_y), d_xg.eq(r_xg),
-            d_wbank.eq(r_wbank),
-        ]
-        for j in range(C):
-            m.d.sync += [d_bank[j].eq(r_bank[j]), d_l[j].eq(r_l[j]), d_v[j].eq(r_v[j])]
+        # ==== D (the memories' data arrives) and E (D's slot with that data registered, so
+        # nothing follows the block RAMs): R's fields, delayed ==============================
+        def delay(prefix, src):
+            """Register ``src`` (a signal or a list of them) as stage ``prefix``'s copy."""
+            if isinstance(src, list):
+                return [delay(prefix, x) for x in src]
+            dst = Signal.like(src, name=prefix + src.name[1:])
+            m.d.sync += dst.eq(src)
+            return dst
 
-        # ==== E: D's slot with its memory data registered (nothing after the block RAMs) =====
-        def e_copy(d):
-            e = Signal.like(d, name="e" + d.name[1:])
-            m.d.sync += e.eq(d)
-            return e
-
-        e_valid, e_zero, e_first, e_last = map(e_copy, (d_valid, d_zero, d_first, d_last))
-        e_cog, e_y, e_xg, e_wbank = map(e_copy, (d_cog, d_y, d_xg, d_wbank))
-        e_bank, e_l, e_v = ([e_copy(d) for d in ds] for ds in (d_bank, d_l, d_v))
+        d_valid, d_zero, d_first, d_last, d_cog, d_y, d_xg, d_wbank, d_bank, d_l, d_v = (
+            delay("d", x) for x in (r_valid, r_zero, r_first, r_last, r_cog, r_y, r_xg,
+                                    r_wbank, r_bank, r_l, r_v))
+        e_valid, e_zero, e_first, e_last, e_cog, e_y, e_xg, e_wbank, e_bank, e_l, e_v = (
+            delay("e", x) for x in (d_valid, d_zero, d_first, d_last, d_cog, d_y, d_xg,
+                                    d_wbank, d_bank, d_l, d_v))
         e_act = [Signal(8 * C, name=f"e_act{b}") for b in range(NB)]
         e_wgt = [Signal(8 * R, name=f"e_wgt{j}") for j in range(C)]
         m.d.sync += [e_act[b].eq(self.act_data[b]) for b in range(NB)]
