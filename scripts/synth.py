@@ -47,6 +47,7 @@ from amaranth.build import Clock
 from amaranth.lib import wiring
 
 from hw import build
+from hw.fanout import YOSYS_KEEP_COPIES
 
 __all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "format_table"]
 
@@ -276,7 +277,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     ready :class:`Elaboratable` top level that requests its own pins. ``target`` is a key
     of :data:`TARGETS`. Build files (Yosys log ``top.rpt``, nextpnr log ``top.tim`` and
     ``report.json``) go into ``build_dir``. ``mhz`` overrides the clock constraint;
-    ``overrides`` are further Amaranth toolchain overrides (e.g. ``script_after_read``).
+    ``overrides`` are further Amaranth toolchain overrides (a ``script_after_read`` runs after
+    :data:`hw.fanout.YOSYS_KEEP_COPIES`, which keeps register copies apart).
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
     ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``; ``fmax_mhz`` (slowest
@@ -299,6 +301,9 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
         top = Harness(top)
         harness_ff = top.flip_flops
     platform = _platform(target, mhz)
+    overrides = dict(overrides or {})
+    overrides["script_after_read"] = "\n".join(
+        [YOSYS_KEEP_COPIES, *filter(None, [overrides.get("script_after_read")])])
     plan = platform.build(
         top, name=name, do_build=False,
         synth_opts=[*spec.synth_opts, *synth_opts],
@@ -306,7 +311,7 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
                       "--timing-allow-fail", "--seed", str(seed),
                       *nextpnr_opts],
         verbose=not quiet,
-        **(overrides or {}),
+        **overrides,
     )
     plan.execute_local(build_dir, env=toolchain_env())
     wall = time.monotonic() - t0

@@ -1,0 +1,32 @@
+"""Register copies for signals that fan out across the chip.
+
+The PE array's DSP blocks and the buffers' block RAMs sit in fixed rows and columns across the
+whole ECP5-85F, so one register feeding all of them has a wire across the die. :func:`copies`
+gives each group of consumers its own register, which the placer puts next to them; the one
+long wire is then the copies' input, with nothing but a flip-flop at either end.
+
+Yosys merges flip-flops with the same input, clock and reset into one (``opt_merge``), so the
+copies carry the ``keep`` attribute, reset-less (a reset would be a multiplexer Yosys leaves in
+front of a kept flip-flop). Amaranth puts attributes on the signal, not on its flip-flop, so
+:data:`YOSYS_KEEP_COPIES`, which every synthesis script runs right after reading the design,
+moves it there. Without it the design is the same, only slower: the copies merge into one.
+"""
+
+from amaranth import Signal
+
+__all__ = ["copies", "YOSYS_KEEP_COPIES"]
+
+#: Yosys command: every flip-flop driving a wire with ``keep`` gets ``keep`` too.
+YOSYS_KEEP_COPIES = "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i"
+
+
+def copies(m, value, n, name, *, en=None):
+    """``n`` registers that each take ``value`` in every cycle (``m.d.sync``; with ``en``, in
+    the cycles ``en`` is high), kept apart by synthesis; named ``{name}_{i}``. Their initial
+    value is 0, and they have no reset: use them for values that matter only once loaded, or
+    that are loaded in every cycle from reset registers."""
+    regs = [Signal.like(value, name=f"{name}_{i}", init=0, reset_less=True,
+                        attrs={"keep": 1}) for i in range(n)]
+    with m.If(1 if en is None else en):
+        m.d.sync += [reg.eq(value) for reg in regs]
+    return regs

