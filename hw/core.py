@@ -16,6 +16,7 @@ from sw import layout
 from sw.layout import COUNTER_BITS, COUNTERS, HW_VERSION, Region
 
 from .arith import lut_mul
+from .fanout import copies
 from .loader import Loader
 from .output import OutputStage
 from .pe_array import PEArray
@@ -66,7 +67,7 @@ class Core(wiring.Component):
         Host bus commands: write or read one word of a region. One command per cycle is
         taken (``cmd.ready`` is low only while a response waits for ``rsp.ready``).
     rsp : Out(stream.Signature(rsp layout))
-        One response per command, in order, 4 cycles after the command was taken (later if
+        One response per command, in order, 5 cycles after the command was taken (later if
         ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an unknown
         region, an index out of range, a write to a read-only word, or a memory access while a
         run is in progress; an erroneous command changes nothing. ``rsp.payload`` is a
@@ -153,129 +154,156 @@ class Core(wiring.Component):
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
-        # Four register stages, one command per cycle: Q holds the accepted command, which is
-        # checked and decoded there and drives the memory ports; E gets the read data and
-        # selects the word within each region (F registers one candidate per region, next to
-        # its memories); F selects the region's; the response register sends it. They advance
+        # Five register stages, one command per cycle. Q holds the accepted command and
+        # decodes it; D holds the decoded command (addresses, data, one write strobe per
+        # memory lane, what makes it erroneous) and drives the memory ports, so that no port
+        # sees more than a few gates after a register; E gets the read data and selects the
+        # word within each region (F registers one candidate per region, next to its
+        # memories); F selects the region's; the response register sends it. They advance
         # together whenever the response register is empty or taken; the host's read ports
         # are enabled only then, so that the memories hold E's data through a stall.
         bus_adv = Signal()
         q_valid = Signal()
         cmd = Signal.like(self.cmd.payload)       # Q: the command
+        d_valid = Signal()
+        d_cmd = Signal.like(cmd)                  # D: the command, decoded below
+        d_refused = Signal()                      # D: erroneous whether busy or not
+        d_idle = Signal()                         # D: erroneous while busy
         e_valid = Signal()
         e_error = Signal()
         e_region = Signal(4)
-        e_index = Signal.like(cmd.index)
         e_read = Signal()
         f_valid = Signal()
         f_error = Signal()
         f_region = Signal(4)
         f_read = Signal()
         rsp_valid = Signal()
-        accept = Signal()                          # the command in Q is executed
+        accept = Signal()                          # the command in D is executed
+        d_bad = Signal()
         m.d.comb += [
             bus_adv.eq(~rsp_valid | self.rsp.ready),
             self.cmd.ready.eq(bus_adv),
-            accept.eq(q_valid & bus_adv),
+            accept.eq(d_valid & bus_adv),
+            d_bad.eq(d_refused | (d_idle & busy)),
             self.rsp.valid.eq(rsp_valid),
         ]
         with m.If(bus_adv):
             m.d.sync += [q_valid.eq(self.cmd.valid), cmd.eq(self.cmd.payload),
-                         e_valid.eq(q_valid), e_region.eq(cmd.region), e_index.eq(cmd.index),
-                         e_read.eq(~cmd.write), f_valid.eq(e_valid), f_region.eq(e_region),
+                         d_valid.eq(q_valid), d_cmd.eq(cmd),
+                         e_valid.eq(d_valid), e_region.eq(d_cmd.region),
+                         e_read.eq(~d_cmd.write), e_error.eq(d_bad),
+                         f_valid.eq(e_valid), f_region.eq(e_region),
                          f_read.eq(e_read), f_error.eq(e_error), rsp_valid.eq(f_valid)]
 
-        # Which command is acceptable, and what it touches.
+        # Q: which command is acceptable, and what it touches.
         in_range = Signal()
         with m.Switch(cmd.region):
             for region, (_, depth) in regions.items():
                 with m.Case(region):
                     m.d.comb += in_range.eq(cmd.index < depth)
-        memory_region = cmd.region < Region.COUNT
-        bad = Signal()
-        m.d.comb += bad.eq(~in_range
-                           | (memory_region & busy)
-                           | (cmd.write & (cmd.region == Region.COUNT))
-                           | (cmd.write & (cmd.region == Region.CTRL) & ((cmd.index != 0) | busy)))
+        refused = Signal()
+        m.d.comb += refused.eq(~in_range
+                               | (cmd.write & (cmd.region == Region.COUNT))
+                               | (cmd.write & (cmd.region == Region.CTRL) & (cmd.index != 0)))
         # A word with bits beyond its region's width is refused too.
         with m.Switch(cmd.region):
             for region, (width, _) in regions.items():
                 if width < len(cmd.data):
                     with m.Case(region):
                         with m.If(cmd.write & (cmd.data[width:] != 0)):
-                            m.d.comb += bad.eq(1)
+                            m.d.comb += refused.eq(1)
         with m.If(bus_adv):
-            m.d.sync += e_error.eq(bad)
-        host_write = Signal()
-        m.d.comb += host_write.eq(accept & cmd.write & ~bad)
+            m.d.sync += [d_refused.eq(refused),
+                         d_idle.eq((cmd.region < Region.COUNT)
+                                   | (cmd.write & (cmd.region == Region.CTRL)))]
 
         def lane(index, banks):
             """(bank, in-bank address) of a host index in a banked region."""
             shift = (banks - 1).bit_length()
             return index[:shift] if banks > 1 else Const(0), index[shift:]
 
-        def chunk(index, region):
+        def chunk(index, data_word, region):
             """(row index, one-hot write lanes, data) of a host word of a CHUNKED region: the
             word goes to its lane of the row, bits past the row's width cleared."""
             k = layout.chunk_shift(rows[region][0])
             n = lanes[region]
             sel = index[:k] if k else Const(0)
             onehot = Cat(*[sel == i for i in range(n)])
-            word = cmd.data[:layout.CHUNK_BITS]
+            word = data_word[:layout.CHUNK_BITS]
             wdata = Cat(*[word] * n) & Const((1 << rows[region][0]) - 1, n * layout.CHUNK_BITS)
             return index[k:], onehot, wdata
 
+        def strobe(name, width, value):
+            """A write strobe of the command in Q, registered into D: it only still needs
+            ``accept`` and the check against ``busy``."""
+            reg = Signal(width, name=f"d_{name}")
+            with m.If(bus_adv):
+                m.d.sync += reg.eq(Mux(q_valid & cmd.write & ~refused, value, 0))
+            return Mux(accept & ~busy, reg, 0)
+
         # Host access to the memories shares the compute ports; it is only allowed while idle.
-        hb, ha = lane(cmd.index, NB)
-        wrow, wlanes, wword = chunk(cmd.index, Region.WEIGHT)
+        hb, ha = lane(d_cmd.index, NB)
+        q_hb, _ = lane(cmd.index, NB)
+        wrow, _, wword = chunk(d_cmd.index, d_cmd.data, Region.WEIGHT)
         wb, wa = lane(wrow, C)
-        prow, planes, pword = chunk(cmd.index, Region.PARAM)
-        drow, dlanes, dword = chunk(cmd.index, Region.DESC)
+        q_wrow, q_wlanes, _ = chunk(cmd.index, cmd.data, Region.WEIGHT)
+        q_wb, _ = lane(q_wrow, C)
+        prow, _, pword = chunk(d_cmd.index, d_cmd.data, Region.PARAM)
+        _, q_planes, _ = chunk(cmd.index, cmd.data, Region.PARAM)
+        drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
+        _, q_dlanes, _ = chunk(cmd.index, cmd.data, Region.DESC)
         for buf in range(2):
             for b in range(NB):
+                act_en = strobe(f"act{buf}_{b}", 1, (q_hb == b) & (cmd.region == Region.ACT0 + buf))
+                flag_en = strobe(f"flag{buf}_{b}", 1,
+                                 (q_hb == b) & (cmd.region == Region.FLAG0 + buf))
                 with m.If(~busy):
                     m.d.comb += [
                         act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
                         act_r[buf][b].en.eq(bus_adv), flag_r[buf][b][0].en.eq(bus_adv),
-                        act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(cmd.data),
-                        flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(cmd.data),
-                        act_w[buf][b].en.eq(host_write & (hb == b)
-                                            & (cmd.region == Region.ACT0 + buf)),
-                        flag_w[buf][b].en.eq(host_write & (hb == b)
-                                             & (cmd.region == Region.FLAG0 + buf)),
+                        act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(d_cmd.data),
+                        flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(d_cmd.data),
+                        act_w[buf][b].en.eq(act_en), flag_w[buf][b].en.eq(flag_en),
                     ]
         for j in range(C):
+            wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
+                            Mux((q_wb == j) & (cmd.region == Region.WEIGHT), q_wlanes, 0))
             with m.If(~busy):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(bus_adv), wgt_w[j].addr.eq(wa),
-                             wgt_w[j].data.eq(wword),
-                             wgt_w[j].en.eq(Mux(host_write & (wb == j)
-                                                & (cmd.region == Region.WEIGHT), wlanes, 0))]
+                             wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
         with m.If(~busy):
             m.d.comb += [
-                mask_r.addr.eq(cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
+                mask_r.addr.eq(d_cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
                 mask_r.en.eq(bus_adv), param_r.en.eq(bus_adv), desc_r.en.eq(bus_adv),
             ]
         m.d.comb += [
-            mask_w.addr.eq(cmd.index), mask_w.data.eq(cmd.data),
-            mask_w.en.eq(host_write & (cmd.region == Region.MASK)),
+            mask_w.addr.eq(d_cmd.index), mask_w.data.eq(d_cmd.data),
+            mask_w.en.eq(strobe("mask", 1, cmd.region == Region.MASK)),
             param_w.addr.eq(prow), param_w.data.eq(pword),
-            param_w.en.eq(Mux(host_write & (cmd.region == Region.PARAM), planes, 0)),
+            param_w.en.eq(strobe("param", lanes[Region.PARAM],
+                                 Mux(cmd.region == Region.PARAM, q_planes, 0))),
             desc_w.addr.eq(drow), desc_w.data.eq(dword),
-            desc_w.en.eq(Mux(host_write & (cmd.region == Region.DESC), dlanes, 0)),
-            count_r.addr.eq(cmd.index), count_r.en.eq(bus_adv),
+            desc_w.en.eq(strobe("desc", lanes[Region.DESC],
+                                Mux(cmd.region == Region.DESC, q_dlanes, 0))),
+            count_r.addr.eq(d_cmd.index), count_r.en.eq(bus_adv),
         ]
 
-        # E: each region's word at e_index, registered in F; F selects the command's region.
+        # E: each region's word at the command's index, registered in F; F selects the command's
+        # region. The regions that select a word by the index have a copy of it each, next to
+        # their memories.
         rdata = Signal.like(self.rsp.payload.data)
         info = [HW_VERSION] + layout.config_words(cfg)
-        rb, _ = lane(e_index, NB)
+        selecting = (Region.WEIGHT, Region.PARAM, Region.DESC, Region.CTRL,
+                     Region.ACT0, Region.ACT1, Region.FLAG0, Region.FLAG1)
+        e_index = dict(zip(selecting, copies(m, d_cmd.index, len(selecting), "e_index",
+                                             en=bus_adv)))
 
         def read_chunk(row, region):
-            """The host word ``e_index`` selects in ``row`` (0 past the row's width)."""
+            """The host word the index selects in ``row`` (0 past the row's width)."""
             k = layout.chunk_shift(rows[region][0])
             if not k:
                 return row
-            sel = e_index[:k]
+            sel = e_index[region][:k]
             return Mux(sel < lanes[region], row.word_select(sel, layout.CHUNK_BITS), 0)
 
         def select(index, words):
@@ -286,7 +314,7 @@ class Core(wiring.Component):
                         m.d.comb += word.eq(value)
             return word
 
-        rwb, _ = lane(e_index[layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
+        rwb, _ = lane(e_index[Region.WEIGHT][layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
         candidates = {
             Region.WEIGHT: select(rwb, [read_chunk(wgt_r[j].data, Region.WEIGHT)
                                         for j in range(C)]),
@@ -294,13 +322,16 @@ class Core(wiring.Component):
             Region.PARAM: read_chunk(param_r.data, Region.PARAM),
             Region.DESC: read_chunk(desc_r.data, Region.DESC),
             Region.COUNT: count_r.data,
-            Region.CTRL: select(e_index, [Cat(busy, done, error, Const(0, 5), run_cycles)]
-                                + info),
+            Region.CTRL: select(e_index[Region.CTRL],
+                                [Cat(busy, done, error, Const(0, 5), run_cycles)] + info),
         }
         for buf in range(2):
-            candidates[Region.ACT0 + buf] = select(rb, [act_r[buf][b].data for b in range(NB)])
-            candidates[Region.FLAG0 + buf] = select(rb, [flag_r[buf][b][0].data
-                                                         for b in range(NB)])
+            rb_act, _ = lane(e_index[Region.ACT0 + buf], NB)
+            rb_flag, _ = lane(e_index[Region.FLAG0 + buf], NB)
+            candidates[Region.ACT0 + buf] = select(rb_act, [act_r[buf][b].data
+                                                            for b in range(NB)])
+            candidates[Region.FLAG0 + buf] = select(rb_flag, [flag_r[buf][b][0].data
+                                                              for b in range(NB)])
         f_words = {region: Signal.like(rdata, name=f"f_word_{int(region)}")
                    for region in candidates}
         with m.If(bus_adv):
@@ -315,8 +346,8 @@ class Core(wiring.Component):
 
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()
-        run_word = data.View(data.StructLayout(dict(layout.RUN_FIELDS)), cmd.data[:17])
-        m.d.comb += run.eq(host_write & (cmd.region == Region.CTRL))
+        run_word = data.View(data.StructLayout(dict(layout.RUN_FIELDS)), d_cmd.data[:17])
+        m.d.comb += run.eq(strobe("run", 1, cmd.region == Region.CTRL))
 
         counters = {name: _Counter() for name in COUNTERS if name != "busy_cycles"}
         for name, counter in counters.items():
