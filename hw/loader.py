@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ Q ─▶ S1 ─▶ S2 ─▶ FIFO ─▶ issue ─▶ X ─▶ A ─▶ R ─▶ D ─▶ E ─▶ O ─▶ o
+    S0 ─▶ P ─▶ Q ─▶ S1 ─▶ S2 ─▶ S3 ─▶ FIFO ─▶ issue ─▶ X ─▶ A ─▶ R ─▶ D ─▶ E ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -18,12 +18,14 @@ Pipeline
 * **S1** gets the flags and the mask word from the memories and registers them; **S2** forms
   the group's slot mask (bit ``ky·Kmax + kx`` for conv, bit ``i`` = word ``g·NB + i`` for fc):
   all slots of the group when skipping is off, else those reading at least one unflagged word
-  whose weight-skip bit is clear. Non-empty groups go into a small FIFO; empty groups are
+  whose weight-skip bit is clear; **S3** holds the group with its mask, counts its slots and
+  pushes it into a small FIFO if it is non-empty (S2's mask logic and the FIFO's enables are
+  apart on the chip, next to the flag memories and to issue respectively); empty groups are
   dropped, except the last group of a block, which marks the end of the block: it *seals* the
   FIFO's tail entry (the block's last non-empty group) as the block's last, or, when the block
   has no issued slot, pushes a ``zero`` entry. S0 only starts a group when the FIFO has room
-  for everything in flight (P, Q, S1, S2; one register counts the FIFO's entries and those
-  groups), so S2 never stalls.
+  for everything in flight (P, Q, S1, S2, S3; one register counts the FIFO's entries and those
+  groups), so S3 never stalls.
 * **issue** takes the FIFO head and emits one slot per cycle, lowest set bit first. It emits a
   group's final slot only once it knows whether that slot ends the block (the entry is followed
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
@@ -45,9 +47,9 @@ through a register); a pulse may come any number of cycles late, which only cost
 So the only signal from downstream is a registered pulse, and the stages after issue have no
 enable at all.
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+14``
-(latch, setup, init, S0, P, Q, S1, S2, issue, X → A, R, D, E, O); ``done`` rises 2 cycles
-after the last slot is on ``o``, so start → done takes ``max(issued slots, scan cycles) + 15``
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+15``
+(latch, setup, init, S0, P, Q, S1, S2, S3, issue, X → A, R, D, E, O); ``done`` rises 2 cycles
+after the last slot is on ``o``, so start → done takes ``max(issued slots, scan cycles) + 16``
 cycles
 when credits come back in time (a block's last slot issued in cycle ``c`` is on ``o`` in cycle
 ``c+6``).
@@ -98,7 +100,7 @@ from .tags import descriptor_layout, slot_layout
 __all__ = ["Loader", "FIFO_DEPTH"]
 
 #: Groups buffered between scan and issue.
-FIFO_DEPTH = 7
+FIFO_DEPTH = 8
 
 
 def _bits(n):
@@ -259,7 +261,7 @@ class Loader(wiring.Component):
         wptr = Signal(range(D))
         rptr = Signal(range(D))
         level = Signal(range(D + 1))
-        occupied = Signal(range(D + 1))         # level + the groups in P, Q, S1 and S2
+        occupied = Signal(range(D + 1))         # level + the groups in P, Q, S1, S2 and S3
         tail_sealed = Signal()
         push = Signal()
         push_e = Signal(E)
@@ -295,6 +297,12 @@ class Loader(wiring.Component):
         s2_fcv = Signal(NB)
         s2_flags = [[Signal(name=f"s2_flag{b}_{k}") for k in range(KM)] for b in range(NB)]
         s2_wm = Signal(G)
+        # -- S3 registers: S2's group with its slot mask, pushed into the FIFO from here -------
+        s3_valid = Signal()
+        s3 = Signal(E)
+        s3_blast = Signal()
+        s3_some = Signal()                      # the mask has a slot
+        s3_total = Signal(range(G + 1))         # the group's slots, skipped or not
         blk_has = Signal()
 
         # -- X, A, D and O stages -------------------------------------------------------------
@@ -470,26 +478,28 @@ class Loader(wiring.Component):
             m.d.comb += fc_mask[i].eq(s2_fcv[i] & (~skip | (~fr[0][i] & ~wm[i])))
         gmask = Signal(G)
         m.d.comb += gmask.eq(Mux(is_fc, fc_mask, conv_mask))
-        total = Signal(range(G + 1))
-        issued = Signal(range(G + 1))
-        m.d.comb += [
-            total.eq(Mux(is_fc, _popcount(s2_fcv, NB), kk)),
-            issued.eq(_popcount(gmask, G)),
-        ]
-        # counter increments, registered (off the critical path)
-        m.d.sync += [
-            self.issue_slots.eq(Mux(s2_valid, total, 0)),
-            self.issue_slots_skipped.eq(Mux(s2_valid, total - issued, 0)),
-            self.weight_bytes_read.eq(Mux(s2_valid, Mux(is_fc, issued * (R * C), issued * R), 0)),
-        ]
+        m.d.sync += s3_valid.eq(s2_valid)
         with m.If(s2_valid):
-            m.d.comb += [push_e.eq(s2), push_e.mask.eq(gmask), push_e.last.eq(s2_blast),
-                         push_e.zero.eq(0)]
-            m.d.comb += [push_e.tk[k].eq(s2.tk[0] + Mux(is_fc, 0, kyP[k])) for k in range(KM)]
-            with m.If(gmask != 0):
+            m.d.sync += [s3.eq(s2), s3.mask.eq(gmask), s3.zero.eq(0), s3.last.eq(s2_blast),
+                         s3_blast.eq(s2_blast), s3_some.eq(gmask != 0),
+                         s3_total.eq(Mux(is_fc, _popcount(s2_fcv, NB), kk))]
+            m.d.sync += [s3.tk[k].eq(s2.tk[0] + Mux(is_fc, 0, kyP[k])) for k in range(KM)]
+
+        # ==== S3: into the FIFO ================================================================
+        issued = Signal(range(G + 1))
+        m.d.comb += issued.eq(_popcount(s3.mask, G))
+        # counter increments, registered
+        m.d.sync += [
+            self.issue_slots.eq(Mux(s3_valid, s3_total, 0)),
+            self.issue_slots_skipped.eq(Mux(s3_valid, s3_total - issued, 0)),
+            self.weight_bytes_read.eq(Mux(s3_valid, Mux(is_fc, issued * (R * C), issued * R), 0)),
+        ]
+        with m.If(s3_valid):
+            m.d.comb += push_e.eq(s3)
+            with m.If(s3_some):
                 m.d.comb += push.eq(1)
-                m.d.sync += [tail_sealed.eq(s2_blast), blk_has.eq(~s2_blast)]
-            with m.Elif(s2_blast):
+                m.d.sync += [tail_sealed.eq(s3_blast), blk_has.eq(~s3_blast)]
+            with m.Elif(s3_blast):
                 m.d.sync += [tail_sealed.eq(1), blk_has.eq(0)]
                 with m.If(blk_has):
                     m.d.comb += seal.eq(1)
@@ -507,7 +517,7 @@ class Loader(wiring.Component):
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == D - 1, 0, rptr + 1))
         m.d.sync += [level.eq(level + push - pop),
-                     occupied.eq(occupied + s0_fire - pop - (s2_valid & ~push))]
+                     occupied.eq(occupied + s0_fire - pop - (s3_valid & ~push))]
 
         # ==== issue ============================================================================
         head = Signal(E)
@@ -675,13 +685,13 @@ class Loader(wiring.Component):
             empty = (L.cogs == 0) | ((L.kind != KIND_FC)
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
-        with m.If((state == DRAIN) & ~p_valid & ~q_valid & ~s1_valid & ~s2_valid & (level == 0)
-                  & ~x_valid & ~a_valid & ~r_valid & ~d_valid & ~e_valid & ~o_valid):
+        with m.If((state == DRAIN) & ~p_valid & ~q_valid & ~s1_valid & ~s2_valid & ~s3_valid
+                  & (level == 0) & ~x_valid & ~a_valid & ~r_valid & ~d_valid & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
-                p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0),
+                p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), s3_valid.eq(0),
                 wptr.eq(0), rptr.eq(0), level.eq(0), occupied.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
                 a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
