@@ -54,6 +54,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.config import ConfigError
 
+from .fanout import copies
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
 __all__ = ["OutputStage", "write_lane_signature"]
@@ -113,24 +114,31 @@ class OutputStage(wiring.Component):
         stage = data.StructLayout({"valid": 1, "last": 1, "step": range(U), "tag": tagl})
         act8 = signed(8)
 
-        # ---- parameters: param_addr registers the address wanted now; param_data belongs to
-        # last cycle's param_addr and is registered (pd) before use, so pd is the word wanted
-        # three cycles ago.
-        want = Signal.like(self.param_addr)
-        paddr_q = Signal.like(self.param_addr)
-        paddr_qq = Signal.like(self.param_addr)
+        # ---- parameters: param_addr registers the address pbase + cog of the cog wanted now;
+        # param_data belongs to last cycle's param_addr and is registered (pd) before use, so
+        # pd holds the parameters of the (pbase, cog) wanted three cycles ago. The block's cog
+        # is compared with pd's, not its address (no adder after the PE array's tag register).
+        want = Signal.like(i.payload.tag.cog)
+        cog_q = Signal.like(want)                   # the layer's previous block's cog
+        addr_cog, data_cog, pd_cog = (Signal.like(want, name=f"{n}_cog")
+                                      for n in ("addr", "data", "pd"))
+        addr_pbase, data_pbase, pd_pbase = (Signal.like(desc.pbase, name=f"{n}_pbase")
+                                            for n in ("addr", "data", "pd"))
         paddr_ok = Signal(3)                        # shift register: all ones 3 cycles after start
         pd = Signal.like(self.param_data)
-        cog_q = Signal.like(i.payload.tag.cog)      # the layer's previous block's cog
-        m.d.comb += want.eq(desc.pbase + Mux(i.valid, i.payload.tag.cog, cog_q))
-        m.d.sync += [self.param_addr.eq(want), paddr_q.eq(self.param_addr), paddr_qq.eq(paddr_q),
+        m.d.comb += want.eq(Mux(i.valid, i.payload.tag.cog, cog_q))
+        m.d.sync += [self.param_addr.eq(desc.pbase + want), addr_cog.eq(want),
+                     data_cog.eq(addr_cog), pd_cog.eq(data_cog),
+                     addr_pbase.eq(desc.pbase), data_pbase.eq(addr_pbase),
+                     pd_pbase.eq(data_pbase),
                      paddr_ok.eq(Cat(1, paddr_ok[:2])), pd.eq(self.param_data)]
         with m.If(i.valid):
             m.d.sync += cog_q.eq(i.payload.tag.cog)
         with m.If(self.start):
             m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
         params_ready = Signal()
-        m.d.comb += params_ready.eq(paddr_ok[2] & (paddr_qq == want))
+        m.d.comb += params_ready.eq(paddr_ok[2] & (pd_pbase == desc.pbase)
+                                    & (pd_cog == i.payload.tag.cog))
 
         # ---- requantization pipeline --------------------------------------------------------
         # It never stalls: a block's steps enter stage A1 at most one per cycle, so consecutive
@@ -302,12 +310,29 @@ class OutputStage(wiring.Component):
         pm = [[_smax(vm[r][2 * q], vm[r][2 * q + 1]) for q in range(H)] for r in range(R)]
         late = Signal()
         m.d.sync += late.eq(done & pool & ~done_geo.pair)
+        # The hand-off's strobes are registers, worked out a cycle ahead, one copy per row of
+        # the buffers (each row's R·C/R bytes get their own). done_geo holds through late (the
+        # next block's last step comes U ≥ 2 cycles after done).
+        # take_pair = done & done_geo.pair: res → pbuf
+        take_pair = copies(m, sd.valid & sd.last & d_geo.pair, R, "take_pair")
+        # take_res = done & ~pool: res → wbuf, the writer starts
+        take_res = copies(m, sd.valid & sd.last & ~pool, R, "take_res")
+        # late_hold = late & done_geo.hold: pm → hold
+        late_hold = copies(m, done & pool & ~done_geo.pair & done_geo.hold, R, "late_hold")
+        # late_write = late & ~done_geo.hold: pm (and hold) → wbuf, the writer starts
+        late_write = copies(m, done & pool & ~done_geo.pair & ~done_geo.hold, R, "late_write")
+        late_odd = copies(m, done_geo.odd, R, "late_odd")
 
         wbusy = Signal()
 
         # Writer registers.
         w_hwc = Signal()
         w_u = Signal(range(max(U, 2)))
+        # w_u and w_j select among all R·C bytes of wbuf: each lane c's bytes get a copy of them.
+        # The copies count along with w_u and w_j, each from its own value, so Yosys cannot
+        # merge them (hw/fanout.py).
+        w_uc = [Signal.like(w_u, name=f"w_u_c{c}") for c in range(C)]
+        w_jc = [Signal(range(C), name=f"w_j_c{c}") for c in range(C)]
         w_U = Signal(range(U + 1))          # steps per column
         w_j = Signal(range(C))
         w_J = Signal(range(C + 1))          # columns (HWC) or 1 (CHW)
@@ -320,31 +345,33 @@ class OutputStage(wiring.Component):
         # ---- writer ---------------------------------------------------------------------------
         with m.If(wbusy):
             with m.If(w_u == w_U - 1):
-                m.d.sync += w_u.eq(0)
+                m.d.sync += [w_u.eq(0), *(x.eq(0) for x in w_uc)]
                 with m.If(w_j == w_J - 1):
                     m.d.sync += wbusy.eq(0)      # a hand-off below may restart it
                 with m.Else():
-                    m.d.sync += [w_j.eq(w_j + 1), w_a.eq(w_jbase + desc.out_q),
+                    m.d.sync += [w_j.eq(w_j + 1), *(x.eq(x + 1) for x in w_jc),
+                                 w_a.eq(w_jbase + desc.out_q),
                                  w_jbase.eq(w_jbase + desc.out_q), w_co.eq(w_k0)]
             with m.Else():
-                m.d.sync += [w_u.eq(w_u + 1), w_co.eq(w_co + OW),
+                m.d.sync += [w_u.eq(w_u + 1), *(x.eq(x + 1) for x in w_uc), w_co.eq(w_co + OW),
                              w_a.eq(w_a + Mux(w_hwc, OW, desc.out_s * OW))]
 
-        with m.If(done & done_geo.pair):
-            m.d.sync += [pbuf[r][j].eq(res[r][j]) for r in range(R) for j in range(C)]
-        with m.If(late & done_geo.hold):
-            m.d.sync += [hold[r][q].eq(pm[r][q]) for r in range(R) for q in range(H)]
-        with m.If(done & ~pool):
-            m.d.sync += [wbuf[r][j].eq(res[r][j]) for r in range(R) for j in range(C)]
-        with m.If(late & ~done_geo.hold):
-            for r in range(R):
+        for r in range(R):
+            with m.If(take_pair[r]):
+                m.d.sync += [pbuf[r][j].eq(res[r][j]) for j in range(C)]
+            with m.If(late_hold[r]):
+                m.d.sync += [hold[r][q].eq(pm[r][q]) for q in range(H)]
+            with m.If(take_res[r]):
+                m.d.sync += [wbuf[r][j].eq(res[r][j]) for j in range(C)]
+            with m.If(late_write[r]):
                 for j in range(C):
-                    with m.If(done_geo.odd):
+                    with m.If(late_odd[r]):
                         m.d.sync += wbuf[r][j].eq(hold[r][j] if j < H else pm[r][j - H])
                     with m.Else():
                         m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
-        with m.If((done & ~pool) | (late & ~done_geo.hold)):
+        with m.If(take_res[0] | late_write[0]):
             m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), w_u.eq(0), w_j.eq(0),
+                         *(x.eq(0) for x in w_uc + w_jc),
                          w_U.eq(Mux(hwc, KB // OW, U)), w_J.eq(done_geo.J),
                          w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
                          w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
@@ -366,9 +393,9 @@ class OutputStage(wiring.Component):
             vals = []
             valid = []
             for c in range(C):
-                chw_v = Array(wbuf[u * OW + w][c] for u in range(U))[w_u]
+                chw_v = Array(wbuf[u * OW + w][c] for u in range(U))[w_uc[c]]
                 hwc_v = Array(Array(wbuf[(u * OW + w) * C + c][j] for j in range(C))
-                              for u in range(KB // OW))[w_u][w_j]
+                              for u in range(KB // OW))[w_uc[c]][w_jc[c]]
                 vals.append(Mux(w_hwc, hwc_v, chw_v))
                 valid.append(Mux(w_hwc, co * C + c < desc.out_c, w_mask[c]))
             # w_mask[0]: the word has a pixel at all (a pooled tail block may have none).
