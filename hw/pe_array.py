@@ -2,7 +2,8 @@
 
 Four pipeline stages, one slot per cycle, and no stall anywhere:
 
-0. the slot is registered;
+0. the slot is registered, its activations once per row of PEs (each copy feeds ``C`` DSP
+   blocks instead of one register feeding ``R·C`` of them across the chip);
 1. the products ``act[j] · wgt[r·C + j]`` are registered (one signed 8×8 multiply per PE, with
    a plain output register, so yosys maps it to a DSP block);
 2. the products are registered again (stages 0 and 2 let the placer split the long routes to
@@ -25,6 +26,7 @@ from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .fanout import copies
 from .tags import block_layout, block_tag, slot_layout
 
 __all__ = ["PEArray"]
@@ -55,8 +57,9 @@ class PEArray(wiring.Component):
         ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "zero": 1,
                                  "tag": block_tag(cfg)})
         # Stage 0: the slot; stage 1: the products; stage 2: the products again.
-        s0 = Signal(slot_layout(cfg))
+        s0 = Signal(slot_layout(cfg))           # s0.act unused: each row has its copy
         s0_valid = Signal()
+        act = copies(m, self.i.payload.act.as_value(), R, "act")
         c1, c2 = Signal(ctl), Signal(ctl)
         prod = [Signal(signed(2 * cfg.act_bits), name=f"prod_{k}") for k in range(N)]
         prod2 = [Signal(signed(2 * cfg.act_bits), name=f"prod2_{k}") for k in range(N)]
@@ -82,7 +85,8 @@ class PEArray(wiring.Component):
         for r in range(R):
             for j in range(C):
                 k = r * C + j
-                m.d.sync += [prod[k].eq(s0.act[j] * s0.wgt[k]), prod2[k].eq(prod[k])]
+                a = act[r].word_select(j, cfg.act_bits).as_signed()
+                m.d.sync += [prod[k].eq(a * s0.wgt[k]), prod2[k].eq(prod[k])]
 
         block = Signal(block_layout(cfg))        # stage 3's sum and tag
         for k in range(N):
