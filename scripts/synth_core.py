@@ -7,7 +7,9 @@ no other board I/O), and:
 
 * whether the configuration holds the demo network (``demo-mnist`` compiled for it and packed
   by ``sw.layout.plan``), and by how much it misses if not;
-* LUT/FF/DSP/BRAM(/SPRAM) use, fmax and the critical path from the nextpnr log;
+* LUT/FF/DSP/BRAM(/SPRAM) use, fmax and the critical path from the nextpnr log; with
+  ``--place-only`` (no routing, so nextpnr names no path) on ECP5, the slowest paths of the
+  placement as ``scripts/place_paths.py`` estimates them;
 * if a step fails (Yosys, or placement because the design does not fit), what failed, the
   Yosys cell counts of the netlist (when synthesis got that far) and nextpnr's complaint.
 
@@ -31,6 +33,7 @@ import time
 import traceback
 from pathlib import Path
 
+from place_paths import analyse
 from readme import write_section
 from synth import TARGETS, _yosys_cells, critical_paths, format_table, synthesize, toolchain_env
 
@@ -48,6 +51,11 @@ FLOWS = {
 }
 
 COMMAND = "python scripts/synth_core.py"
+#: With --place-only: the placed design (ECP5), its slowest paths kept, and which of their
+#: nets count as long.
+PLACED = "placed.json"
+ESTIMATED_PATHS = 8
+LONG_NET_PS = 3000
 
 
 # -- demo network fit ---------------------------------------------------------------------------
@@ -127,6 +135,8 @@ def run_target(target, build_root, seed, place_only=False):
         # Routing the 85F design takes the better part of an hour; placement gives the
         # resource use and nextpnr's timing estimate. The bitstream step then has nothing to pack.
         flow["nextpnr_opts"] = (*flow["nextpnr_opts"], "--no-route")
+        if target == "ecp5":
+            flow["nextpnr_opts"] = (*flow["nextpnr_opts"], "--write", PLACED)
     config = CONFIGS[flow["config"]]
     build_dir = build_root / target
     entry = {"target": target, "config": flow["config"], "config_params": config.to_dict(),
@@ -164,6 +174,15 @@ def run_target(target, build_root, seed, place_only=False):
     entry["fmax_estimate_mhz"] = fmax_estimate(tim)
     if tim.is_file():
         entry["critical_paths"] = critical_paths(tim)
+    placed = build_dir / PLACED
+    if place_only and entry["status"] == "ok" and placed.is_file():
+        entry["estimated_paths"] = [
+            {"ns": round(p["ps"] / 1000, 2), "from": p["hops"][0][0],
+             "to": re.sub(r"_TRELLIS_FF_Q(_.*)?(\.\w+)$", r"\2", p["end"]),
+             "nets": len(p["hops"]),
+             "long_nets": [[round(ps / 1000, 2), net] for net, _, _, ps in p["hops"]
+                           if ps > LONG_NET_PS]}
+            for p in analyse(json.loads(placed.read_text()), ESTIMATED_PATHS)]
     return entry
 
 
@@ -217,6 +236,15 @@ def markdown(entries, versions, wall, command):
             crit = _crit_summary(e)
             if crit:
                 lines.append(f"* {e['target']} critical path: {crit}.")
+            if e.get("estimated_paths"):
+                lines.append(f"* {e['target']} slowest paths of the placement, as "
+                             "`scripts/place_paths.py` estimates them (for ranking; the sums "
+                             "run above nextpnr's estimate):")
+                for p in e["estimated_paths"][:4]:
+                    longs = ", ".join(f"{ns} ns" for ns, _ in p["long_nets"])
+                    lines.append(f"  * {p['ns']} ns, {p['nets']} nets "
+                                 f"({'long: ' + longs if longs else 'none long'}): "
+                                 f"`{p['from']}` → `{p['to']}`")
     for e in entries:
         if e["status"] != "ok":
             lines.append(f"* **{e['target']}: {e['stage']} failed** after "
