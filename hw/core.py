@@ -159,7 +159,9 @@ class Core(wiring.Component):
         # memory lane, what makes it erroneous) and drives the memory ports, so that no port
         # sees more than a few gates after a register; E gets the read data and selects the
         # word within each region (F registers one candidate per region, next to its
-        # memories); F selects the region's; the response register sends it. They advance
+        # memories; for the weight and parameter rows, which span dozens of block RAMs, one
+        # per group of them, and F selects the group); F selects the region's; the response
+        # register sends it. They advance
         # together whenever the response register is empty or taken; the host's read ports
         # are enabled only then, so that the memories hold E's data through a stall.
         bus_adv = Signal()
@@ -234,12 +236,14 @@ class Core(wiring.Component):
             return index[k:], onehot, wdata
 
         def strobe(name, width, value):
-            """A write strobe of the command in Q, registered into D: it only still needs
-            ``accept`` and the check against ``busy``."""
-            reg = Signal(width, name=f"d_{name}")
+            """A write strobe of the command in Q, registered into D: the lanes ``value`` of a
+            write to this memory, and (its own copy of) whether Q holds an acceptable write;
+            it only still needs ``bus_adv`` and the check against ``busy``."""
+            lanes_ = Signal(width, name=f"d_{name}")
+            ok, = copies(m, q_valid & cmd.write & ~refused, 1, f"d_{name}_ok", en=bus_adv)
             with m.If(bus_adv):
-                m.d.sync += reg.eq(Mux(q_valid & cmd.write & ~refused, value, 0))
-            return Mux(accept & ~busy, reg, 0)
+                m.d.sync += lanes_.eq(value)
+            return Mux(ok & bus_adv & ~busy, lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
         hb, ha = lane(d_cmd.index, NB)
@@ -298,15 +302,8 @@ class Core(wiring.Component):
         e_index = dict(zip(selecting, copies(m, d_cmd.index, len(selecting), "e_index",
                                              en=bus_adv)))
 
-        def read_chunk(row, region):
-            """The host word the index selects in ``row`` (0 past the row's width)."""
-            k = layout.chunk_shift(rows[region][0])
-            if not k:
-                return row
-            sel = e_index[region][:k]
-            return Mux(sel < lanes[region], row.word_select(sel, layout.CHUNK_BITS), 0)
-
         def select(index, words):
+            """``words[index]``, 0 past the end."""
             word = Signal.like(rdata)
             with m.Switch(index):
                 for n, value in enumerate(words):
@@ -314,13 +311,41 @@ class Core(wiring.Component):
                         m.d.comb += word.eq(value)
             return word
 
-        rwb, _ = lane(e_index[Region.WEIGHT][layout.chunk_shift(rows[Region.WEIGHT][0]):], C)
+        def staged(groups, lo, hi, name):
+            """The word ``groups[hi][lo]`` (0 past the ends) in two steps, for the regions whose
+            rows span many block RAMs: E registers each group's word at ``lo``, next to the
+            group's memories; F selects the group (an F-stage value)."""
+            regs = [Signal.like(rdata, name=f"{name}_g{g}") for g in range(len(groups))]
+            f_hi = Signal.like(hi, name=f"{name}_hi")
+            with m.If(bus_adv):
+                m.d.sync += [reg.eq(select(lo, words)) for reg, words in zip(regs, groups)]
+                m.d.sync += f_hi.eq(hi)
+            return select(f_hi, regs)
+
+        def lanes_of(row, region):
+            """The host words of a row of a CHUNKED region."""
+            return [row.word_select(i, layout.CHUNK_BITS) for i in range(lanes[region])]
+
+        def lane_index(region):
+            """(the lane the index selects in a row of a CHUNKED region, its width)."""
+            k = layout.chunk_shift(rows[region][0])
+            return (e_index[region][:k] if k else Const(0)), k
+
+        # F-stage words: the weight banks (a word per bank in E), the parameter row's lanes (a
+        # word per group of 4 in E)
+        wsel, wk = lane_index(Region.WEIGHT)
+        rwb, _ = lane(e_index[Region.WEIGHT][wk:], C)
+        psel, _ = lane_index(Region.PARAM)
+        p_lanes = lanes_of(param_r.data, Region.PARAM)
+        f_late = {
+            Region.WEIGHT: staged([lanes_of(wgt_r[j].data, Region.WEIGHT) for j in range(C)],
+                                  wsel, rwb, "e_wgt"),
+            Region.PARAM: staged([p_lanes[g:g + 4] for g in range(0, len(p_lanes), 4)],
+                                 psel[:2], psel[2:] if len(psel) > 2 else Const(0), "e_param"),
+        }
         candidates = {
-            Region.WEIGHT: select(rwb, [read_chunk(wgt_r[j].data, Region.WEIGHT)
-                                        for j in range(C)]),
             Region.MASK: mask_r.data,
-            Region.PARAM: read_chunk(param_r.data, Region.PARAM),
-            Region.DESC: read_chunk(desc_r.data, Region.DESC),
+            Region.DESC: select(lane_index(Region.DESC)[0], lanes_of(desc_r.data, Region.DESC)),
             Region.COUNT: count_r.data,
             Region.CTRL: select(e_index[Region.CTRL],
                                 [Cat(busy, done, error, Const(0, 5), run_cycles)] + info),
@@ -336,6 +361,7 @@ class Core(wiring.Component):
                    for region in candidates}
         with m.If(bus_adv):
             m.d.sync += [f_words[region].eq(value) for region, value in candidates.items()]
+        f_words.update(f_late)
         with m.Switch(f_region):
             for region, f_word in f_words.items():
                 with m.Case(region):
