@@ -41,7 +41,7 @@ Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` mul
 ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
 block of a pool pair, an even ``xg`` of a pooled CHW row) — never more than ``R/OW``, so the
 pipeline never waits for the writer and has no stall signal at all. A block whose last step is
-in cycle ``t`` has its first write on ``wr`` in cycle ``t+10`` (``t+11`` when pooled: the 2×2
+in cycle ``t`` has its first write on ``wr`` in cycle ``t+11`` (``t+12`` when pooled: the 2×2
 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
@@ -377,11 +377,12 @@ class OutputStage(wiring.Component):
                          w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
                          w_mask.eq(done_geo.mask)]
 
-        # Lanes, in two register stages: V selects the words and masks their invalid lanes, the
-        # wr registers get their flags.
+        # Lanes, in three register stages: V selects the words and masks their invalid lanes, S
+        # holds which bytes are within ε, the wr registers get their flags.
         eps = self.epsilon
         nflag = []
         v_en = Signal(OW)
+        s_en = Signal(OW)
         for w in range(OW):
             lane = self.wr[w]
             co = w_co + w
@@ -404,17 +405,22 @@ class OutputStage(wiring.Component):
             v_data = [Signal(act8, name=f"v_data_{w}_{c}") for c in range(C)]
             m.d.sync += [v_en[w].eq(wbusy & wvalid), v_index.eq(index)]
             m.d.sync += [v_data[c].eq(Mux(valid[c], vals[c], 0)) for c in range(C)]
-            small = Cat(*[Mux(x < 0, -x, x) <= eps for x in v_data])
+            s_index = Signal.like(lane.index, name=f"s_index_{w}")
+            s_data = [Signal(act8, name=f"s_data_{w}_{c}") for c in range(C)]
+            s_small = Signal(C, name=f"s_small_{w}")
+            m.d.sync += [s_en[w].eq(v_en[w]), s_index.eq(v_index),
+                         s_small.eq(Cat(*[Mux(x < 0, -x, x) <= eps for x in v_data]))]
+            m.d.sync += [s_data[c].eq(v_data[c]) for c in range(C)]
             flag = Signal(name=f"flag_{w}")
-            m.d.comb += flag.eq(small.all() & ~desc.last)
-            m.d.sync += [lane.en.eq(v_en[w]), lane.index.eq(v_index),
-                         lane.flag.eq(flag & v_en[w])]
+            m.d.comb += flag.eq(s_small.all() & ~desc.last)
+            m.d.sync += [lane.en.eq(s_en[w]), lane.index.eq(s_index),
+                         lane.flag.eq(flag & s_en[w])]
             for c in range(C):
-                m.d.sync += lane.data[c].eq(Mux(flag, 0, v_data[c]))
-            nflag.append(flag & v_en[w])
+                m.d.sync += lane.data[c].eq(Mux(flag, 0, s_data[c]))
+            nflag.append(flag & s_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
         in_flight = Cat(st.valid for st in (s1, s2, sa, sb, sc, sd))
         m.d.comb += self.idle.eq(~i.valid & ~in_flight.any() & ~done & ~late & ~wbusy
-                                 & ~v_en.any())
+                                 & ~v_en.any() & ~s_en.any())
         return m
