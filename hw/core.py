@@ -112,6 +112,11 @@ class Core(wiring.Component):
         epsilon = Signal(8)
         desc = Signal(descriptor_layout(cfg))
         in_buf = Signal()          # the buffer the current layer reads
+        # busy switches every memory port between the host and the compute pipeline: each
+        # bank and memory has a copy of it (hw/fanout.py), taken from busy's next value.
+        busy_set, busy_clr, busy_next = Signal(), Signal(), Signal()
+        m.d.comb += busy_next.eq((busy | busy_set) & ~busy_clr)
+        m.d.sync += busy.eq(busy_next)
         m.d.comb += [
             self.busy.eq(busy),
             loader.desc.eq(desc), loader.skip.eq(skip),
@@ -119,6 +124,9 @@ class Core(wiring.Component):
         ]
 
         # -- memories -----------------------------------------------------------------------
+        port_keys = ([("act", buf, b) for buf in range(2) for b in range(NB)]
+                     + [("wgt", j) for j in range(C)] + ["misc"])
+        busy_at = dict(zip(port_keys, copies(m, busy_next, len(port_keys), "busy")))
         def memory(name, width, depth):
             mem = Memory(shape=unsigned(width), depth=depth, init=[])
             m.submodules[name] = mem
@@ -186,7 +194,7 @@ class Core(wiring.Component):
             bus_adv.eq(~rsp_valid | self.rsp.ready),
             self.cmd.ready.eq(bus_adv),
             accept.eq(d_valid & bus_adv),
-            d_bad.eq(d_refused | (d_idle & busy)),
+            d_bad.eq(d_refused | (d_idle & busy_at["misc"])),
             self.rsp.valid.eq(rsp_valid),
         ]
         with m.If(bus_adv):
@@ -235,15 +243,15 @@ class Core(wiring.Component):
             wdata = Cat(*[word] * n) & Const((1 << rows[region][0]) - 1, n * layout.CHUNK_BITS)
             return index[k:], onehot, wdata
 
-        def strobe(name, width, value):
+        def strobe(name, width, value, port="misc"):
             """A write strobe of the command in Q, registered into D: the lanes ``value`` of a
             write to this memory, and (its own copy of) whether Q holds an acceptable write;
-            it only still needs ``bus_adv`` and the check against ``busy``."""
+            it only still needs ``bus_adv`` and the check against ``busy`` (``port``'s copy)."""
             lanes_ = Signal(width, name=f"d_{name}")
             ok, = copies(m, q_valid & cmd.write & ~refused, 1, f"d_{name}_ok", en=bus_adv)
             with m.If(bus_adv):
                 m.d.sync += lanes_.eq(value)
-            return Mux(ok & bus_adv & ~busy, lanes_, 0)
+            return Mux(ok & bus_adv & ~busy_at[port], lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
         hb, ha = lane(d_cmd.index, NB)
@@ -258,10 +266,11 @@ class Core(wiring.Component):
         _, q_dlanes, _ = chunk(cmd.index, cmd.data, Region.DESC)
         for buf in range(2):
             for b in range(NB):
-                act_en = strobe(f"act{buf}_{b}", 1, (q_hb == b) & (cmd.region == Region.ACT0 + buf))
+                act_en = strobe(f"act{buf}_{b}", 1, (q_hb == b) & (cmd.region == Region.ACT0 + buf),
+                                ("act", buf, b))
                 flag_en = strobe(f"flag{buf}_{b}", 1,
-                                 (q_hb == b) & (cmd.region == Region.FLAG0 + buf))
-                with m.If(~busy):
+                                 (q_hb == b) & (cmd.region == Region.FLAG0 + buf), ("act", buf, b))
+                with m.If(~busy_at["act", buf, b]):
                     m.d.comb += [
                         act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
                         act_r[buf][b].en.eq(bus_adv), flag_r[buf][b][0].en.eq(bus_adv),
@@ -271,11 +280,12 @@ class Core(wiring.Component):
                     ]
         for j in range(C):
             wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
-                            Mux((q_wb == j) & (cmd.region == Region.WEIGHT), q_wlanes, 0))
-            with m.If(~busy):
+                            Mux((q_wb == j) & (cmd.region == Region.WEIGHT), q_wlanes, 0),
+                            ("wgt", j))
+            with m.If(~busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(bus_adv), wgt_w[j].addr.eq(wa),
                              wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
-        with m.If(~busy):
+        with m.If(~busy_at["misc"]):
             m.d.comb += [
                 mask_r.addr.eq(d_cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
                 mask_r.en.eq(bus_adv), param_r.en.eq(bus_adv), desc_r.en.eq(bus_adv),
@@ -391,7 +401,7 @@ class Core(wiring.Component):
         with m.If(out.i.valid & out.i.ready):
             m.d.sync += blocks_out.eq(blocks_out + 1)
 
-        self._connect_compute(m, cfg, loader, out, counters, busy, in_buf, act_r, act_w,
+        self._connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w,
                               flag_r, flag_w, wgt_r, mask_r, param_r)
         with m.If(Cat(lane.en for lane in out.wr).any()):
             m.d.sync += last_write.eq(busy_time + 1)
@@ -400,12 +410,14 @@ class Core(wiring.Component):
             with m.State("IDLE"):
                 with m.If(run):
                     m.d.sync += [n_layers.eq(run_word.layers), skip.eq(run_word.skip),
-                                 epsilon.eq(run_word.epsilon), layer.eq(0), busy.eq(1),
+                                 epsilon.eq(run_word.epsilon), layer.eq(0),
                                  done.eq(0), error.eq(0), run_cycles.eq(0)]
+                    m.d.comb += busy_set.eq(1)
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(layer == n_layers):
-                    m.d.sync += [busy.eq(0), done.eq(1)]
+                    m.d.sync += done.eq(1)
+                    m.d.comb += busy_clr.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += desc_r.addr.eq(layer)
@@ -418,7 +430,8 @@ class Core(wiring.Component):
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(desc.mode != layout.MODE_INT8):
-                    m.d.sync += [busy.eq(0), done.eq(1), error.eq(1)]
+                    m.d.sync += [done.eq(1), error.eq(1)]
+                    m.d.comb += busy_clr.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.d.comb += loader.start.eq(1)
@@ -442,16 +455,20 @@ class Core(wiring.Component):
         return m
 
     @staticmethod
-    def _connect_compute(m, cfg, loader, out, counters, busy, in_buf, act_r, act_w, flag_r,
+    def _connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w, flag_r,
                          flag_w, wgt_r, mask_r, param_r):
-        """While a run is in progress the loader reads the input buffer, the output stage writes
-        the other one, and their counter increments feed the layer's counters."""
+        """While a run is in progress (each port: its copy of busy) the loader reads the input
+        buffer, the output stage writes the other one, and their counter increments feed the
+        layer's counters."""
         NB, C, K = cfg.act_banks, cfg.cols, cfg.max_kernel
         shift = (NB - 1).bit_length()
-        with m.If(busy):
-            for buf in range(2):
-                reading = in_buf == buf
-                for b in range(NB):
+        # Each bank has a copy of in_buf (a cycle late: it changes when a layer is decoded,
+        # cycles before its first read).
+        in_buf_at = copies(m, in_buf, NB, "in_buf")
+        for buf in range(2):
+            for b in range(NB):
+                reading = in_buf_at[b] == buf
+                with m.If(busy_at["act", buf, b]):
                     m.d.comb += [act_r[buf][b].addr.eq(loader.act_addr[b]),
                                  act_r[buf][b].en.eq(loader.act_en[b] & reading)]
                     for k in range(K):
@@ -467,16 +484,19 @@ class Core(wiring.Component):
                                 flag_w[buf][b].addr.eq(lane.index[shift:]),
                                 flag_w[buf][b].data.eq(lane.flag), flag_w[buf][b].en.eq(1),
                             ]
-            for j in range(C):
+        for j in range(C):
+            with m.If(busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
                              wgt_r[j].en.eq(loader.wgt_en[j])]
+        with m.If(busy_at["misc"]):
             m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en),
                          param_r.addr.eq(out.param_addr)]
         for b in range(NB):
-            m.d.comb += loader.act_data[b].eq(Mux(in_buf, act_r[1][b].data, act_r[0][b].data))
+            m.d.comb += loader.act_data[b].eq(Mux(in_buf_at[b], act_r[1][b].data,
+                                                  act_r[0][b].data))
             for k in range(K):
                 m.d.comb += loader.flag_data[b][k].eq(
-                    Mux(in_buf, flag_r[1][b][k].data, flag_r[0][b][k].data))
+                    Mux(in_buf_at[b], flag_r[1][b][k].data, flag_r[0][b][k].data))
         for j in range(C):
             m.d.comb += loader.wgt_data[j].eq(wgt_r[j].data)
         m.d.comb += [

@@ -293,6 +293,44 @@ async def test_wide_rows_read_back(dut):
 
 
 @cocotb.test()
+async def test_memories_refused_while_running(dut):
+    """While a run is in progress every memory access and a second run command are refused
+    and change nothing; the run's outputs are still exact."""
+    cfg, seed, bus = await start(dut)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, cfg.rows, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(cfg.rows * 6 * 6, 5)).eval()
+    x = torch.rand(1, 3, 6, 6)
+    program = compile_model(model, x, config=cfg)
+    xq = quantize_input(program, x)
+    raw, _ = forward(program, xq)
+    image = await load_program(bus, program)
+    words, flags, _ = layout.pack_input(program, xq)
+    first = program.layers[0]
+    for i in np.unique(layout.element_index(tuple(first.in_shape), False, cfg)[0]):
+        await bus.write(Region.ACT0, int(i), _word(words[0, i]))
+        await bus.write(Region.FLAG0, int(i), int(flags[0, i]))
+    n = len(program.layers)
+    await bus.write(Region.CTRL, 0, layout.run_word(n, False, program.epsilon))
+    for write, region, index, value in [
+        (True, Region.MASK, 0, image.masks[0] ^ 1), (False, Region.MASK, 0, 0),
+        (True, Region.ACT0, 0, 0x55), (False, Region.ACT1, 0, 0),
+        (True, Region.PARAM, 0, 0), (True, Region.WEIGHT, 0, 0),
+        (True, Region.DESC, 0, 0), (True, Region.CTRL, 0, layout.run_word(n, True, 0)),
+    ]:
+        assert layout.unpack_status(await bus.read(Region.CTRL, 0))["busy"]
+        _, err = await bus.access(write, region, index, value)
+        assert err, (write, Region(region).name, index)
+    while layout.unpack_status(await bus.read(Region.CTRL, 0))["busy"]:
+        pass
+    assert await bus.read(Region.MASK, 0) == image.masks[0]
+    oidx, lane = layout.element_index(tuple(program.layers[-1].out_shape), True, cfg)
+    got = [_lanes(await bus.read(Region.ACT0 + n % 2, int(i)), cfg.cols)[int(j)]
+           for i, j in zip(oidx.ravel(), lane.ravel())]
+    assert got == list(raw[0]), (got, raw[0])
+
+
+@cocotb.test()
 async def test_weight_sparsity_alone(dut):
     """Pruned weights on an input without a single zero: slots are skipped, cycles saved."""
     cfg, seed, bus = await start(dut)
