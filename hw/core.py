@@ -67,7 +67,7 @@ class Core(wiring.Component):
         Host bus commands: write or read one word of a region. One command per cycle is
         taken (``cmd.ready`` is low only while a response waits for ``rsp.ready``).
     rsp : Out(stream.Signature(rsp layout))
-        One response per command, in order, 5 cycles after the command was taken (later if
+        One response per command, in order, 6 cycles after the command was taken (later if
         ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an unknown
         region, an index out of range, a write to a read-only word, or a memory access while a
         run is in progress; an erroneous command changes nothing. ``rsp.payload`` is a
@@ -162,10 +162,11 @@ class Core(wiring.Component):
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
-        # Five register stages, one command per cycle. Q holds the accepted command and
-        # decodes it; D holds the decoded command (addresses, data, one write strobe per
-        # memory lane, what makes it erroneous) and drives the memory ports, so that no port
-        # sees more than a few gates after a register; E gets the read data and selects the
+        # Six register stages, one command per cycle. Q holds the accepted command and checks
+        # it; K holds it with the check's result (what makes it erroneous) and decodes it; D
+        # holds the decoded command (addresses, data, one write strobe per memory lane) and
+        # drives the memory ports, so that no port sees more than a few gates after a
+        # register; E gets the read data and selects the
         # word within each region (F registers one candidate per region, next to its
         # memories; for the weight and parameter rows, which span dozens of block RAMs, one
         # per group of them, and F selects the group); F selects the region's; the response
@@ -175,6 +176,10 @@ class Core(wiring.Component):
         bus_adv = Signal()
         q_valid = Signal()
         cmd = Signal.like(self.cmd.payload)       # Q: the command
+        k_valid = Signal()
+        k_cmd = Signal.like(cmd)                  # K: the command, checked in Q
+        k_refused = Signal()                      # K: erroneous whether busy or not
+        k_idle = Signal()                         # K: erroneous while busy
         d_valid = Signal()
         d_cmd = Signal.like(cmd)                  # D: the command, decoded below
         d_refused = Signal()                      # D: erroneous whether busy or not
@@ -199,7 +204,9 @@ class Core(wiring.Component):
         ]
         with m.If(bus_adv):
             m.d.sync += [q_valid.eq(self.cmd.valid), cmd.eq(self.cmd.payload),
-                         d_valid.eq(q_valid), d_cmd.eq(cmd),
+                         k_valid.eq(q_valid), k_cmd.eq(cmd),
+                         d_valid.eq(k_valid), d_cmd.eq(k_cmd),
+                         d_refused.eq(k_refused), d_idle.eq(k_idle),
                          e_valid.eq(d_valid), e_region.eq(d_cmd.region),
                          e_read.eq(~d_cmd.write), e_error.eq(d_bad),
                          f_valid.eq(e_valid), f_region.eq(e_region),
@@ -223,8 +230,8 @@ class Core(wiring.Component):
                         with m.If(cmd.write & (cmd.data[width:] != 0)):
                             m.d.comb += refused.eq(1)
         with m.If(bus_adv):
-            m.d.sync += [d_refused.eq(refused),
-                         d_idle.eq((cmd.region < Region.COUNT)
+            m.d.sync += [k_refused.eq(refused),
+                         k_idle.eq((cmd.region < Region.COUNT)
                                    | (cmd.write & (cmd.region == Region.CTRL)))]
 
         def lane(index, banks):
@@ -244,32 +251,33 @@ class Core(wiring.Component):
             return index[k:], onehot, wdata
 
         def strobe(name, width, value, port="misc"):
-            """A write strobe of the command in Q, registered into D: the lanes ``value`` of a
-            write to this memory, and (its own copy of) whether Q holds an acceptable write;
+            """A write strobe of the command in K, registered into D: the lanes ``value`` of a
+            write to this memory, and (its own copy of) whether K holds an acceptable write;
             it only still needs ``bus_adv`` and the check against ``busy`` (``port``'s copy)."""
             lanes_ = Signal(width, name=f"d_{name}")
-            ok, = copies(m, q_valid & cmd.write & ~refused, 1, f"d_{name}_ok", en=bus_adv)
+            ok, = copies(m, k_valid & k_cmd.write & ~k_refused, 1, f"d_{name}_ok", en=bus_adv)
             with m.If(bus_adv):
                 m.d.sync += lanes_.eq(value)
             return Mux(ok & bus_adv & ~busy_at[port], lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
         hb, ha = lane(d_cmd.index, NB)
-        q_hb, _ = lane(cmd.index, NB)
+        k_hb, _ = lane(k_cmd.index, NB)
         wrow, _, wword = chunk(d_cmd.index, d_cmd.data, Region.WEIGHT)
         wb, wa = lane(wrow, C)
-        q_wrow, q_wlanes, _ = chunk(cmd.index, cmd.data, Region.WEIGHT)
-        q_wb, _ = lane(q_wrow, C)
+        k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
+        k_wb, _ = lane(k_wrow, C)
         prow, _, pword = chunk(d_cmd.index, d_cmd.data, Region.PARAM)
-        _, q_planes, _ = chunk(cmd.index, cmd.data, Region.PARAM)
+        _, k_planes, _ = chunk(k_cmd.index, k_cmd.data, Region.PARAM)
         drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
-        _, q_dlanes, _ = chunk(cmd.index, cmd.data, Region.DESC)
+        _, k_dlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.DESC)
         for buf in range(2):
             for b in range(NB):
-                act_en = strobe(f"act{buf}_{b}", 1, (q_hb == b) & (cmd.region == Region.ACT0 + buf),
-                                ("act", buf, b))
+                act_en = strobe(f"act{buf}_{b}", 1,
+                                (k_hb == b) & (k_cmd.region == Region.ACT0 + buf), ("act", buf, b))
                 flag_en = strobe(f"flag{buf}_{b}", 1,
-                                 (q_hb == b) & (cmd.region == Region.FLAG0 + buf), ("act", buf, b))
+                                 (k_hb == b) & (k_cmd.region == Region.FLAG0 + buf),
+                                 ("act", buf, b))
                 with m.If(~busy_at["act", buf, b]):
                     m.d.comb += [
                         act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
@@ -280,7 +288,7 @@ class Core(wiring.Component):
                     ]
         for j in range(C):
             wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
-                            Mux((q_wb == j) & (cmd.region == Region.WEIGHT), q_wlanes, 0),
+                            Mux((k_wb == j) & (k_cmd.region == Region.WEIGHT), k_wlanes, 0),
                             ("wgt", j))
             with m.If(~busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(bus_adv), wgt_w[j].addr.eq(wa),
@@ -292,13 +300,13 @@ class Core(wiring.Component):
             ]
         m.d.comb += [
             mask_w.addr.eq(d_cmd.index), mask_w.data.eq(d_cmd.data),
-            mask_w.en.eq(strobe("mask", 1, cmd.region == Region.MASK)),
+            mask_w.en.eq(strobe("mask", 1, k_cmd.region == Region.MASK)),
             param_w.addr.eq(prow), param_w.data.eq(pword),
             param_w.en.eq(strobe("param", lanes[Region.PARAM],
-                                 Mux(cmd.region == Region.PARAM, q_planes, 0))),
+                                 Mux(k_cmd.region == Region.PARAM, k_planes, 0))),
             desc_w.addr.eq(drow), desc_w.data.eq(dword),
             desc_w.en.eq(strobe("desc", lanes[Region.DESC],
-                                Mux(cmd.region == Region.DESC, q_dlanes, 0))),
+                                Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
             count_r.addr.eq(d_cmd.index), count_r.en.eq(bus_adv),
         ]
 
@@ -383,7 +391,7 @@ class Core(wiring.Component):
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()
         run_word = data.View(data.StructLayout(dict(layout.RUN_FIELDS)), d_cmd.data[:17])
-        m.d.comb += run.eq(strobe("run", 1, cmd.region == Region.CTRL))
+        m.d.comb += run.eq(strobe("run", 1, k_cmd.region == Region.CTRL))
 
         counters = {name: _Counter() for name in COUNTERS if name != "busy_cycles"}
         for name, counter in counters.items():
