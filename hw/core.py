@@ -9,6 +9,7 @@ idle; see ``sw/layout.py`` (``Region``, ``region_map``, ``CHUNKED``) for the map
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -65,9 +66,10 @@ class Core(wiring.Component):
     -------
     cmd : In(stream.Signature(cmd layout))
         Host bus commands: write or read one word of a region. One command per cycle is
-        taken (``cmd.ready`` is low only while a response waits for ``rsp.ready``).
+        taken (``cmd.ready``, a register, is low only while 8 taken commands have not had
+        their response taken).
     rsp : Out(stream.Signature(rsp layout))
-        One response per command, in order, 6 cycles after the command was taken (later if
+        One response per command, in order, 7 cycles after the command was taken (later if
         ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an unknown
         region, an index out of range, a write to a read-only word, or a memory access while a
         run is in progress; an erroneous command changes nothing. ``rsp.payload`` is a
@@ -162,18 +164,22 @@ class Core(wiring.Component):
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
-        # Six register stages, one command per cycle. Q holds the accepted command and checks
-        # it; K holds it with the check's result (what makes it erroneous) and decodes it; D
-        # holds the decoded command (addresses, data, one write strobe per memory lane) and
-        # drives the memory ports, so that no port sees more than a few gates after a
-        # register; E gets the read data and selects the
-        # word within each region (F registers one candidate per region, next to its
-        # memories; for the weight and parameter rows, which span dozens of block RAMs, one
-        # per group of them, and F selects the group); F selects the region's; the response
-        # register sends it. They advance
-        # together whenever the response register is empty or taken; the host's read ports
-        # are enabled only then, so that the memories hold E's data through a stall.
-        bus_adv = Signal()
+        # Five register stages, one command per cycle, and a response FIFO. Q holds the
+        # accepted command and checks it; K holds it with the check's result (what makes it
+        # erroneous) and decodes it; D holds the decoded command (addresses, data, one write
+        # strobe per memory lane) and drives the memory ports, so that no port sees more than
+        # a few gates after a register; E gets the read data and selects the word within each
+        # region (F registers one candidate per region, next to its memories; for the weight
+        # and parameter rows, which span dozens of block RAMs, one per group of them, and F
+        # selects the group); F selects the region's word and puts the response into the FIFO.
+        # The stages never stall (nothing fans out from rsp.ready): cmd.ready, a register, is
+        # high while fewer than RSP_DEPTH commands are taken and their responses not yet.
+        RSP_DEPTH = 8
+        m.submodules.rsp_fifo = rsp_fifo = SyncFIFOBuffered(
+            width=len(self.rsp.payload.as_value()), depth=RSP_DEPTH)
+        pending = Signal(range(RSP_DEPTH + 1))   # taken commands whose response is not out
+        cmd_ready = Signal()
+        take_cmd = Signal()
         q_valid = Signal()
         cmd = Signal.like(self.cmd.payload)       # Q: the command
         k_valid = Signal()
@@ -192,25 +198,28 @@ class Core(wiring.Component):
         f_error = Signal()
         f_region = Signal(4)
         f_read = Signal()
-        rsp_valid = Signal()
-        accept = Signal()                          # the command in D is executed
         d_bad = Signal()
+        pop = Signal()
+        pending_next = Signal.like(pending)
         m.d.comb += [
-            bus_adv.eq(~rsp_valid | self.rsp.ready),
-            self.cmd.ready.eq(bus_adv),
-            accept.eq(d_valid & bus_adv),
+            self.cmd.ready.eq(cmd_ready),
+            take_cmd.eq(self.cmd.valid & cmd_ready),
             d_bad.eq(d_refused | (d_idle & busy_at["misc"])),
-            self.rsp.valid.eq(rsp_valid),
+            self.rsp.valid.eq(rsp_fifo.r_rdy),
+            self.rsp.payload.eq(rsp_fifo.r_data),
+            rsp_fifo.r_en.eq(self.rsp.ready),
+            pop.eq(rsp_fifo.r_rdy & self.rsp.ready),
+            pending_next.eq(pending + take_cmd - pop),
         ]
-        with m.If(bus_adv):
-            m.d.sync += [q_valid.eq(self.cmd.valid), cmd.eq(self.cmd.payload),
-                         k_valid.eq(q_valid), k_cmd.eq(cmd),
-                         d_valid.eq(k_valid), d_cmd.eq(k_cmd),
-                         d_refused.eq(k_refused), d_idle.eq(k_idle),
-                         e_valid.eq(d_valid), e_region.eq(d_cmd.region),
-                         e_read.eq(~d_cmd.write), e_error.eq(d_bad),
-                         f_valid.eq(e_valid), f_region.eq(e_region),
-                         f_read.eq(e_read), f_error.eq(e_error), rsp_valid.eq(f_valid)]
+        m.d.sync += [pending.eq(pending_next), cmd_ready.eq(pending_next < RSP_DEPTH)]
+        m.d.sync += [q_valid.eq(take_cmd), cmd.eq(self.cmd.payload),
+                     k_valid.eq(q_valid), k_cmd.eq(cmd),
+                     d_valid.eq(k_valid), d_cmd.eq(k_cmd),
+                     d_refused.eq(k_refused), d_idle.eq(k_idle),
+                     e_valid.eq(d_valid), e_region.eq(d_cmd.region),
+                     e_read.eq(~d_cmd.write), e_error.eq(d_bad),
+                     f_valid.eq(e_valid), f_region.eq(e_region),
+                     f_read.eq(e_read), f_error.eq(e_error)]
 
         # Q: which command is acceptable, and what it touches.
         in_range = Signal()
@@ -229,10 +238,9 @@ class Core(wiring.Component):
                     with m.Case(region):
                         with m.If(cmd.write & (cmd.data[width:] != 0)):
                             m.d.comb += refused.eq(1)
-        with m.If(bus_adv):
-            m.d.sync += [k_refused.eq(refused),
-                         k_idle.eq((cmd.region < Region.COUNT)
-                                   | (cmd.write & (cmd.region == Region.CTRL)))]
+        m.d.sync += [k_refused.eq(refused),
+                     k_idle.eq((cmd.region < Region.COUNT)
+                               | (cmd.write & (cmd.region == Region.CTRL)))]
 
         def lane(index, banks):
             """(bank, in-bank address) of a host index in a banked region."""
@@ -253,12 +261,11 @@ class Core(wiring.Component):
         def strobe(name, width, value, port="misc"):
             """A write strobe of the command in K, registered into D: the lanes ``value`` of a
             write to this memory, and (its own copy of) whether K holds an acceptable write;
-            it only still needs ``bus_adv`` and the check against ``busy`` (``port``'s copy)."""
+            it only still needs the check against ``busy`` (``port``'s copy)."""
             lanes_ = Signal(width, name=f"d_{name}")
-            ok, = copies(m, k_valid & k_cmd.write & ~k_refused, 1, f"d_{name}_ok", en=bus_adv)
-            with m.If(bus_adv):
-                m.d.sync += lanes_.eq(value)
-            return Mux(ok & bus_adv & ~busy_at[port], lanes_, 0)
+            ok, = copies(m, k_valid & k_cmd.write & ~k_refused, 1, f"d_{name}_ok")
+            m.d.sync += lanes_.eq(value)
+            return Mux(ok & ~busy_at[port], lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
         hb, ha = lane(d_cmd.index, NB)
@@ -281,7 +288,7 @@ class Core(wiring.Component):
                 with m.If(~busy_at["act", buf, b]):
                     m.d.comb += [
                         act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
-                        act_r[buf][b].en.eq(bus_adv), flag_r[buf][b][0].en.eq(bus_adv),
+                        act_r[buf][b].en.eq(1), flag_r[buf][b][0].en.eq(1),
                         act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(d_cmd.data),
                         flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(d_cmd.data),
                         act_w[buf][b].en.eq(act_en), flag_w[buf][b].en.eq(flag_en),
@@ -291,12 +298,12 @@ class Core(wiring.Component):
                             Mux((k_wb == j) & (k_cmd.region == Region.WEIGHT), k_wlanes, 0),
                             ("wgt", j))
             with m.If(~busy_at["wgt", j]):
-                m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(bus_adv), wgt_w[j].addr.eq(wa),
+                m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(1), wgt_w[j].addr.eq(wa),
                              wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
         with m.If(~busy_at["misc"]):
             m.d.comb += [
                 mask_r.addr.eq(d_cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
-                mask_r.en.eq(bus_adv), param_r.en.eq(bus_adv), desc_r.en.eq(bus_adv),
+                mask_r.en.eq(1), param_r.en.eq(1), desc_r.en.eq(1),
             ]
         m.d.comb += [
             mask_w.addr.eq(d_cmd.index), mask_w.data.eq(d_cmd.data),
@@ -307,7 +314,7 @@ class Core(wiring.Component):
             desc_w.addr.eq(drow), desc_w.data.eq(dword),
             desc_w.en.eq(strobe("desc", lanes[Region.DESC],
                                 Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
-            count_r.addr.eq(d_cmd.index), count_r.en.eq(bus_adv),
+            count_r.addr.eq(d_cmd.index), count_r.en.eq(1),
         ]
 
         # E: each region's word at the command's index, registered in F; F selects the command's
@@ -317,8 +324,7 @@ class Core(wiring.Component):
         info = [HW_VERSION] + layout.config_words(cfg)
         selecting = (Region.WEIGHT, Region.PARAM, Region.DESC, Region.CTRL,
                      Region.ACT0, Region.ACT1, Region.FLAG0, Region.FLAG1)
-        e_index = dict(zip(selecting, copies(m, d_cmd.index, len(selecting), "e_index",
-                                             en=bus_adv)))
+        e_index = dict(zip(selecting, copies(m, d_cmd.index, len(selecting), "e_index")))
 
         def select(index, words):
             """``words[index]``, 0 past the end."""
@@ -335,9 +341,8 @@ class Core(wiring.Component):
             group's memories; F selects the group (an F-stage value)."""
             regs = [Signal.like(rdata, name=f"{name}_g{g}") for g in range(len(groups))]
             f_hi = Signal.like(hi, name=f"{name}_hi")
-            with m.If(bus_adv):
-                m.d.sync += [reg.eq(select(lo, words)) for reg, words in zip(regs, groups)]
-                m.d.sync += f_hi.eq(hi)
+            m.d.sync += [reg.eq(select(lo, words)) for reg, words in zip(regs, groups)]
+            m.d.sync += f_hi.eq(hi)
             return select(f_hi, regs)
 
         def lanes_of(row, region):
@@ -377,16 +382,16 @@ class Core(wiring.Component):
                                                               for b in range(NB)])
         f_words = {region: Signal.like(rdata, name=f"f_word_{int(region)}")
                    for region in candidates}
-        with m.If(bus_adv):
-            m.d.sync += [f_words[region].eq(value) for region, value in candidates.items()]
+        m.d.sync += [f_words[region].eq(value) for region, value in candidates.items()]
         f_words.update(f_late)
         with m.Switch(f_region):
             for region, f_word in f_words.items():
                 with m.Case(region):
                     m.d.comb += rdata.eq(f_word)
-        with m.If(bus_adv):
-            m.d.sync += [self.rsp.payload.data.eq(Mux(f_read & ~f_error, rdata, 0)),
-                         self.rsp.payload.error.eq(f_error)]
+        rsp_word = Signal.like(self.rsp.payload)
+        m.d.comb += [rsp_word.data.eq(Mux(f_read & ~f_error, rdata, 0)),
+                     rsp_word.error.eq(f_error),
+                     rsp_fifo.w_en.eq(f_valid), rsp_fifo.w_data.eq(rsp_word)]
 
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()
