@@ -165,14 +165,20 @@ class OutputStage(wiring.Component):
         accs = i.payload.acc
         m.d.sync += [s1.valid.eq(go), s1.last.eq(step == U - 1), s1.step.eq(step),
                      s1.tag.eq(i.payload.tag)]
-        with m.If(go):
-            m.d.sync += step.eq(Mux(step == U - 1, 0, step + 1))
+        step_next = Signal.like(step)
+        m.d.comb += step_next.eq(Mux(go, Mux(step == U - 1, 0, step + 1), step))
+        m.d.sync += step.eq(step_next)
+        # step selects among all R·C accumulators: each column j has a copy of it, and the
+        # parameters one more (hw/fanout.py); they load step's next value, so they equal step
+        # (in the first cycle after a reset they may not; no block is on i then).
+        step_at = copies(m, step_next, C + 1, "step")
         for w in range(OW):
-            m.d.sync += [a_b[w].eq(Array(pd[r].bias for r in range(w, R, OW))[step]),
-                         a_m[w].eq(Array(pd[r].mult for r in range(w, R, OW))[step]),
-                         a_s[w].eq(Array(pd[r].shift for r in range(w, R, OW))[step])]
+            m.d.sync += [a_b[w].eq(Array(pd[r].bias for r in range(w, R, OW))[step_at[C]]),
+                         a_m[w].eq(Array(pd[r].mult for r in range(w, R, OW))[step_at[C]]),
+                         a_s[w].eq(Array(pd[r].shift for r in range(w, R, OW))[step_at[C]])]
             for j in range(C):
-                m.d.sync += x1[w][j].eq(Array(accs[r * C + j] for r in range(w, R, OW))[step])
+                m.d.sync += x1[w][j].eq(Array(accs[r * C + j]
+                                              for r in range(w, R, OW))[step_at[j]])
 
         # Stage A2: fc: the column sum into column 0.
         s2 = Signal(stage)
