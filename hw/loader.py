@@ -31,12 +31,11 @@ Pipeline
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
   behind (then the block cannot end earlier anyway). It registers the slot's bit index and its
   group's entry; **X** decodes them (kernel row and column, words, lanes) into A's registers.
-* **A** works out the activation and weight read addresses (each bank from its own copy of
-  A's fields, so that X's decode reaches the banks through registers only), **R** holds them
-  in registers that drive the read ports (so only wires run to the block RAMs, which may sit
-  anywhere on the chip), **D** receives the data (1-cycle read latency), **E** registers it
-  (so no logic follows the block RAMs' outputs) and forms the slot from it, **O** holds the
-  slot on ``o``. X, A, D, E and O advance every cycle: nothing after
+* **A** works out the activation and weight read addresses, **R** holds them in registers
+  that drive the read ports (so only wires run to the block RAMs, which may sit anywhere on
+  the chip), **D** receives the data (1-cycle read
+  latency), **E** registers it (so no logic follows the block RAMs' outputs) and forms the slot
+  from it, **O** holds the slot on ``o``. X, A, D, E and O advance every cycle: nothing after
   issue ever stalls.
 
 Flow control by credit: ``o`` has no ``ready`` (the PE array takes every slot). Instead the
@@ -96,7 +95,6 @@ from amaranth.lib.wiring import In, Out
 from sw.layout import KIND_FC
 
 from .arith import lut_mul
-from .fanout import copies
 from .tags import descriptor_layout, slot_layout
 
 __all__ = ["Loader", "FIFO_DEPTH"]
@@ -317,6 +315,7 @@ class Loader(wiring.Component):
         a_cog, a_y, a_xg = Signal(ch), Signal(wd), Signal(wd)
         a_t = Signal(signed(ASW))
         a_rot = Signal(range(max(NB, 2)))
+        a_used = Signal(NB)
         a_o = [Signal(range(max(NB, 2)), name=f"a_o{j}") for j in range(C)]
         a_l = [Signal(range(max(C, 2)), name=f"a_l{j}") for j in range(C)]
         a_v = [Signal(name=f"a_v{j}") for j in range(C)]
@@ -565,28 +564,18 @@ class Loader(wiring.Component):
             a_valid.eq(x_valid), a_zero.eq(xe.zero), a_first.eq(x_first), a_last.eq(x_last),
             a_cog.eq(xe.cog), a_y.eq(xe.y), a_xg.eq(xe.xg),
         ]
-        # A's address fields, worked out here: A has them in registers (a_t, ...) and each
-        # activation bank and weight bank has its own copy, next to its port's registers.
-        x_t, x_rot, x_used = Signal.like(a_t), Signal.like(a_rot), Signal(NB)
-        x_soff = Signal.like(a_soff)
         with m.If(is_fc):
-            m.d.comb += [x_t.eq(xe.tk[0]), x_rot.eq(0), x_used.eq(x_low), x_soff.eq(x_idx)]
-        with m.Else():
-            m.d.comb += [x_t.eq(xe.tk[ky]), x_rot.eq(_low(xe.ci, lgNB)),
-                         x_used.eq(Mux(rv, xe.used.word_select(kx, NB), 0)),
-                         x_soff.eq(soff_t[x_idx])]
-        m.d.sync += [a_t.eq(x_t), a_rot.eq(x_rot), a_wb.eq(xe.wb), a_soff.eq(x_soff)]
-        x_rd = x_valid & ~xe.zero
-        act_at = [data.View(data.StructLayout({"t": signed(ASW), "rot": len(a_rot),
-                                               "used": NB, "rd": 1}), reg)
-                  for reg in copies(m, Cat(x_t, x_rot, x_used, x_rd), NB, "a_act")]
-        wgt_at = [data.View(data.StructLayout({"wb": len(a_wb), "soff": len(a_soff), "rd": 1}),
-                            reg)
-                  for reg in copies(m, Cat(xe.wb, x_soff, x_rd), C, "a_wgt")]
-        with m.If(is_fc):
+            m.d.sync += [a_t.eq(xe.tk[0]), a_rot.eq(0), a_used.eq(x_low),
+                         a_wb.eq(xe.wb), a_soff.eq(x_idx)]
             for j in range(C):
                 m.d.sync += [a_o[j].eq(x_idx), a_l[j].eq(j), a_v[j].eq(~xe.zero)]
         with m.Else():
+            m.d.sync += [
+                a_t.eq(xe.tk[ky]),
+                a_rot.eq(_low(xe.ci, lgNB)),
+                a_used.eq(Mux(rv, xe.used.word_select(kx, NB), 0)),
+                a_wb.eq(xe.wb), a_soff.eq(soff_t[x_idx]),
+            ]
             for j in range(C):
                 m.d.sync += [
                     a_o[j].eq(Array([offw[x][j] for x in range(KM)])[kx]),
@@ -595,25 +584,23 @@ class Loader(wiring.Component):
                 ]
 
         # ==== A: read addresses, into the port registers of R ===================================
+        rd = Signal()
+        m.d.comb += rd.eq(a_valid & ~a_zero)
         act_en = Signal(NB)
-        for b, at in enumerate(act_at):
-            ib = _low(b - at.t - at.rot, lgNB)
-            m.d.comb += act_en[b].eq(at.rd & at.used.bit_select(ib, 1))
-            m.d.sync += [self.act_addr[b].eq((at.t + ib)[lgNB:lgNB + IBW]),
+        for b in range(NB):
+            ib = _low(b - a_t - a_rot, lgNB)
+            m.d.comb += act_en[b].eq(rd & a_used.bit_select(ib, 1))
+            m.d.sync += [self.act_addr[b].eq((a_t + ib)[lgNB:lgNB + IBW]),
                          self.act_en[b].eq(act_en[b])]
         m.d.sync += self.act_bytes_read.eq(_popcount(Cat(*self.act_en), NB) * C)
-
-        def weight_index(wb, soff):
-            widx = Signal(wt + 1)
-            m.d.comb += widx.eq(wb + soff)
-            return widx, _low(widx, lgC)
-
-        _, wbank = weight_index(a_wb, a_soff)
-        for j, at in enumerate(wgt_at):
-            widx, bank = weight_index(at.wb, at.soff)
+        a_widx = Signal(wt + 1)
+        m.d.comb += a_widx.eq(a_wb + a_soff)
+        wbank = Signal(range(max(C, 2)))
+        m.d.comb += wbank.eq(_low(a_widx, lgC))
+        for j in range(C):
             m.d.sync += [
-                self.wgt_addr[j].eq(Mux(is_fc, widx, widx[lgC:])[:WBW]),
-                self.wgt_en[j].eq(at.rd & (is_fc | (bank == j))),
+                self.wgt_addr[j].eq(Mux(is_fc, a_widx, a_widx[lgC:])[:WBW]),
+                self.wgt_en[j].eq(rd & (is_fc | (wbank == j))),
             ]
 
         # ==== R: the read ports' registers are on the memories =================================
