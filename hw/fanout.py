@@ -20,13 +20,12 @@ __all__ = ["copies", "YOSYS_KEEP_COPIES"]
 YOSYS_KEEP_COPIES = "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i"
 
 
-def copies(m, value, n, name, *, en=None):
-    """``n`` registers that each take ``value`` in every cycle (``m.d.sync``; with ``en``, in
-    the cycles ``en`` is high), kept apart by synthesis; named ``{name}_{i}``. Their initial
-    value is 0, and they have no reset: use them for values that matter only once loaded, or
-    that are loaded in every cycle from reset registers."""
+def copies(m, value, n, name):
+    """``n`` registers that each take ``value`` in every cycle (``m.d.sync``), kept apart by
+    synthesis; named ``{name}_{i}``. Their initial value is 0, and they have no reset: use them
+    for values that matter only once loaded, or that are worked out in every cycle from reset
+    registers (then they are right from the second cycle of a reset on)."""
     regs = [Signal.like(value, name=f"{name}_{i}", init=0, reset_less=True,
                         attrs={"keep": 1}) for i in range(n)]
-    with m.If(1 if en is None else en):
-        m.d.sync += [reg.eq(value) for reg in regs]
+    m.d.sync += [reg.eq(value) for reg in regs]
     return regs

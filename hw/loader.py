@@ -299,8 +299,7 @@ class Loader(wiring.Component):
         s2_wm = Signal(G)
         # -- S3 registers: S2's group with its slot mask, pushed into the FIFO from here -------
         s3_valid = Signal()
-        s3 = Signal(E)
-        s3_blast = Signal()
+        s3 = Signal(E)                          # last: the block's last group
         s3_some = Signal()                      # the mask has a slot
         s3_total = Signal(range(G + 1))         # the group's slots, skipped or not
         blk_has = Signal()
@@ -481,7 +480,7 @@ class Loader(wiring.Component):
         m.d.sync += s3_valid.eq(s2_valid)
         with m.If(s2_valid):
             m.d.sync += [s3.eq(s2), s3.mask.eq(gmask), s3.zero.eq(0), s3.last.eq(s2_blast),
-                         s3_blast.eq(s2_blast), s3_some.eq(gmask != 0),
+                         s3_some.eq(gmask != 0),
                          s3_total.eq(Mux(is_fc, _popcount(s2_fcv, NB), kk))]
             m.d.sync += [s3.tk[k].eq(s2.tk[0] + Mux(is_fc, 0, kyP[k])) for k in range(KM)]
 
@@ -498,8 +497,8 @@ class Loader(wiring.Component):
             m.d.comb += push_e.eq(s3)
             with m.If(s3_some):
                 m.d.comb += push.eq(1)
-                m.d.sync += [tail_sealed.eq(s3_blast), blk_has.eq(~s3_blast)]
-            with m.Elif(s3_blast):
+                m.d.sync += [tail_sealed.eq(s3.last), blk_has.eq(~s3.last)]
+            with m.Elif(s3.last):
                 m.d.sync += [tail_sealed.eq(1), blk_has.eq(0)]
                 with m.If(blk_has):
                     m.d.comb += seal.eq(1)
