@@ -23,7 +23,18 @@ from .output import OutputStage
 from .pe_array import PEArray
 from .tags import descriptor_layout
 
-__all__ = ["Core", "bus_layouts"]
+__all__ = ["Core", "bus_layouts", "YOSYS_NO_COLLISIONS"]
+
+#: Yosys command for a design holding the core, run after reading it: the read data of a
+#: core memory's read port is never used in a cycle in which the memory's write port writes.
+#: The host's accesses and the compute pipeline's never overlap (``busy`` switches every
+#: port); a layer reads one ping-pong buffer while the output stage writes the other; the
+#: host's read ports are enabled in its write cycles too, but then nothing takes their data.
+#: So a collision may read anything, and Yosys need not emulate the read-first behaviour of
+#: Amaranth's read ports with a comparator and a multiplexer after each block RAM. It applies
+#: to read ports of memories with one write port and no transparency (all of the core's).
+YOSYS_NO_COLLISIONS = (r"setparam -set COLLISION_X_MASK 1'1 "
+                       r"t:$memrd_v2 r:COLLISION_X_MASK=1'0 %i r:TRANSPARENCY_MASK=1'0 %i")
 
 
 def bus_layouts(config):

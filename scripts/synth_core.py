@@ -129,7 +129,7 @@ def tool_versions():
 # -- one target -------------------------------------------------------------------------------
 
 def run_target(target, build_root, seed, place_only=False):
-    from hw.core import Core
+    from hw.core import YOSYS_NO_COLLISIONS, Core
     flow = dict(FLOWS[target])
     if place_only:
         # Routing the 85F design takes the better part of an hour; placement gives the
@@ -150,7 +150,7 @@ def run_target(target, build_root, seed, place_only=False):
     try:
         res = synthesize(lambda: Core(config), target, build_dir,
                          synth_opts=flow["synth_opts"], nextpnr_opts=flow["nextpnr_opts"],
-                         seed=seed)
+                         seed=seed, overrides={"script_after_read": YOSYS_NO_COLLISIONS})
         entry.update(res)
         entry["status"] = "ok"
     except Exception as e:  # a failed build is a result too
