@@ -10,11 +10,17 @@ copies carry the ``keep`` attribute, reset-less (a reset would be a multiplexer 
 front of a kept flip-flop). Amaranth puts attributes on the signal, not on its flip-flop, so
 :data:`YOSYS_KEEP_COPIES`, which every synthesis script runs right after reading the design,
 moves it there. Without it the design is the same, only slower: the copies merge into one.
+A register of the design's own that takes the same value (say, the counter whose next value
+the copies take) merges into one of the copies just the same, and its consumers then reach
+for that copy across the chip: give it ``keep`` too (:data:`KEEP`).
 """
 
 from amaranth import Signal
 
-__all__ = ["copies", "YOSYS_KEEP_COPIES"]
+__all__ = ["copies", "KEEP", "YOSYS_KEEP_COPIES"]
+
+#: ``attrs`` of a register that must not merge into copies of its value.
+KEEP = {"keep": 1}
 
 #: Yosys command: every flip-flop driving a wire with ``keep`` gets ``keep`` too.
 YOSYS_KEEP_COPIES = "setattr -set keep 1 a:keep %ci1:+$dff[Q] t:$dff %i"
@@ -26,6 +32,6 @@ def copies(m, value, n, name):
     for values that matter only once loaded, or that are worked out in every cycle from reset
     registers (then they are right from the second cycle of a reset on)."""
     regs = [Signal.like(value, name=f"{name}_{i}", init=0, reset_less=True,
-                        attrs={"keep": 1}) for i in range(n)]
+                        attrs=KEEP) for i in range(n)]
     m.d.sync += [reg.eq(value) for reg in regs]
     return regs

