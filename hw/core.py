@@ -17,7 +17,7 @@ from sw import layout
 from sw.layout import COUNTER_BITS, COUNTERS, HW_VERSION, Region
 
 from .arith import lut_mul
-from .fanout import copies
+from .fanout import KEEP, copies
 from .loader import Loader
 from .output import OutputStage
 from .pe_array import PEArray
@@ -105,17 +105,18 @@ class Core(wiring.Component):
         regions = layout.region_map(cfg)
         m = Module()
 
-        m.submodules.loader = loader = Loader(cfg, credits=PEArray.CREDITS)
+        m.submodules.loader = loader = Loader(cfg, credits=PEArray.credits(cfg))
         m.submodules.pe_array = pe = PEArray(cfg)
         m.submodules.output = out = OutputStage(cfg)
         wiring.connect(m, loader.o, pe.i)
         wiring.connect(m, pe.o, out.i)
+        m.d.comb += [pe.o_ready_next.eq(out.i_ready_next), out.i_cog_next.eq(pe.o_cog_next)]
         # The loader's credit comes back through a register when the output stage takes a
         # block from the PE array.
         m.d.sync += loader.block_done.eq(out.i.valid & out.i.ready)
 
         # -- run state ----------------------------------------------------------------------
-        busy = Signal()
+        busy = Signal(attrs=KEEP)  # not merged into its copies (busy_at)
         done = Signal()
         error = Signal()
         run_cycles = Signal(COUNTER_BITS)

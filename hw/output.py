@@ -9,8 +9,14 @@ Ports
     ``i.payload`` over ``R/OW`` cycles; the block is accepted (``i.ready``) in its last
     requantization step. ``i.ready`` is a register (high in a block's last step; a source must
     hold a block until it is accepted, as streams do).
+``i_ready_next`` (out)
+    The value ``i.ready`` takes in the next cycle (for the PE array's copies of it).
+``i_cog_next`` (in)
+    The value ``i.payload.tag.cog`` takes in the next cycle (the PE array knows it), so that
+    whether a block's parameters are ready is a register.
 ``desc``, ``epsilon``
-    The current layer's descriptor and ε; they must stay constant while ``idle`` is low.
+    The current layer's descriptor and ε; they may change only in a ``start`` cycle or the
+    cycle after it, and must stay constant while ``idle`` is low.
 ``start``
     High for a cycle when a layer starts (with its ``desc``, before its first block): the
     parameter port's history is forgotten (it may have served someone else meanwhile) and the
@@ -54,7 +60,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.config import ConfigError
 
-from .fanout import copies
+from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
 __all__ = ["OutputStage", "write_lane_signature"]
@@ -89,6 +95,8 @@ class OutputStage(wiring.Component):
         self.config = config
         super().__init__({
             "i": In(stream.Signature(block_layout(config))),
+            "i_ready_next": Out(1),
+            "i_cog_next": In(block_tag(config).members["cog"]),
             "desc": In(descriptor_layout(config)),
             "epsilon": In(8),
             "start": In(1),
@@ -136,25 +144,31 @@ class OutputStage(wiring.Component):
             m.d.sync += cog_q.eq(i.payload.tag.cog)
         with m.If(self.start):
             m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
+        # params_ready = paddr_ok[2] & (pd_pbase == desc.pbase) & (pd_cog == i.payload.tag.cog),
+        # as a register worked out from the next values of its terms (desc is constant within
+        # a layer, and no block is on i when a layer starts).
         params_ready = Signal()
-        m.d.comb += params_ready.eq(paddr_ok[2] & (pd_pbase == desc.pbase)
-                                    & (pd_cog == i.payload.tag.cog))
+        m.d.sync += params_ready.eq(paddr_ok[1] & ~self.start & (data_pbase == desc.pbase)
+                                    & (data_cog == self.i_cog_next))
 
         # ---- requantization pipeline --------------------------------------------------------
         # It never stalls: a block's steps enter stage A1 at most one per cycle, so consecutive
         # blocks reach the hand-off at least U cycles apart, and the writer needs at most U
         # cycles for a block (module docstring), so it is always free in time.
-        step = Signal(range(U))
+        step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
         done = Signal()                  # res holds a complete block (geometry in done_geo)
         go = Signal()                    # stage A1 takes a step of the block on i
         # Within a block (step > 0) the block stays on i and its parameters stay ready, so the
         # block is accepted exactly when its last step is taken: i.ready is a register (U ≥ 2).
+        # ready's next value is Mux(go, step == U - 2, step == U - 1); within a block go is
+        # high, so for U ≥ 3 it is step == U - 2 (no path from go to the PE array's copies).
         ready = Signal()
         m.d.comb += [
             go.eq(i.valid & params_ready),
             i.ready.eq(ready),
+            self.i_ready_next.eq(step == U - 2 if U >= 3 else go & (step == 0)),
         ]
-        m.d.sync += ready.eq(Mux(go, step == U - 2, step == U - 1))
+        m.d.sync += ready.eq(self.i_ready_next)
 
         # Stage A1: select the step's accumulators and parameters.
         s1 = Signal(stage)

@@ -1,110 +1,188 @@
 """The R×C int8 MAC array (docs/ARCHITECTURE.md, "Pipeline").
 
-Four pipeline stages, one slot per cycle, and no stall anywhere:
+Five pipeline stages, one slot per cycle, and no stall anywhere:
 
 0. the slot is registered, its activations once per row of PEs (each copy feeds ``C`` DSP
    blocks instead of one register feeding ``R·C`` of them across the chip);
-1. the products ``act[j] · wgt[r·C + j]`` are registered (one signed 8×8 multiply per PE, with
-   a plain output register, so yosys maps it to a DSP block);
-2. the products are registered again (stages 0 and 2 let the placer split the long routes to
-   and from the DSP blocks, which sit in fixed rows across the chip);
-3. the accumulators add them (``first``: load instead of add; ``zero``: add nothing). The last
-   slot of a block writes its sum into a shadow register instead (a queue of
-   :attr:`PEArray.CREDITS` of them); the queue's head is offered on ``o`` with the slot's tag
-   while the next blocks accumulate.
+1. the products ``act[j] · wgt[r·C + j]`` are registered (one signed 8×8 multiply per PE);
+2. the products are registered again. On ECP5 each PE is one MULT18X18D with its input and
+   output registers (:func:`_ecp5_product`), so stages 1 and 2 are inside the DSP block and
+   the wires to and from it (the DSP blocks sit in fixed rows across the chip) run between
+   registers only; elsewhere (simulation, iCE40) stage 1 registers the product and stage 2
+   copies it;
+3. the accumulators add them (``first``: load instead of add; ``zero``: add nothing);
+4. a block whose last slot was added moves from the accumulators into a shadow register (a
+   queue of :meth:`PEArray.credits` of them), while the next block accumulates; the queue's
+   head is offered on ``o`` with the block's tag. Each row of PEs has its own copy of the
+   control of stages 3 and 4 and of the queue's state (hw/fanout.py), so no one register
+   switches the whole array.
 
-Latency: a block's ``last`` slot on ``i`` in cycle ``t`` is offered on ``o`` from cycle ``t+4``
+Latency: a block's ``last`` slot on ``i`` in cycle ``t`` is offered on ``o`` from cycle ``t+5``
 (later if an earlier block still waits on ``o``).
 Flow control by credit: ``i`` has no ``ready``; every slot is taken. The source must hold back
-a block's ``last`` slot while :attr:`CREDITS` blocks whose last slot it sent have not yet been
+a block's ``last`` slot while :meth:`credits` blocks whose last slot it sent have not yet been
 taken from ``o`` (the loader does, counting the taken blocks with a delay), so a finished
-block always finds a free shadow. Nothing fans out from ``o.ready`` but the queue's own moves.
-``o.valid`` and ``o.payload`` are registers.
+block always finds a free shadow. ``o.valid`` and ``o.payload`` are registers.
+``o_ready_next`` announces ``o.ready`` one cycle ahead: in every cycle it must equal the value
+``o.ready`` has in the next one (the output stage knows it). The rows' copies of ``o.ready``
+are loaded from it, so ``o.ready`` itself drives nothing but the queue's counter.
+``o_cog_next`` is the value ``o.payload.tag.cog`` has in the next cycle (for the output
+stage's check of its parameters).
 """
 
-from amaranth import Const, Module, Mux, Signal, signed
+from amaranth import ClockSignal, Const, Instance, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .fanout import copies
+from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, slot_layout
 
 __all__ = ["PEArray"]
 
 
+def _ecp5_product(m, a, b, name):
+    """The signed product ``a · b`` (at most 18 bits each) from a MULT18X18D with its input
+    and output registers in the ``sync`` domain: the product of the operands of cycle ``t`` is
+    on the returned 36-bit signal in cycle ``t+2``."""
+    p = Signal(signed(36), name=name)
+    ports = {"i_CLK0": ClockSignal("sync"), "i_CE0": Const(1), "i_RST0": Const(0),
+             "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1),
+             "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
+    for n in range(18):
+        ports[f"i_A{n}"] = a[min(n, len(a) - 1)]      # sign-extended to 18 bits
+        ports[f"i_B{n}"] = b[min(n, len(b) - 1)]
+        ports[f"i_C{n}"] = Const(0)
+    for n in range(36):
+        ports[f"o_P{n}"] = p[n]
+    params = {f"p_REG_{reg}_{what}": f"{what}0" for reg in ("INPUTA", "INPUTB", "OUTPUT")
+              for what in ("CLK", "CE", "RST")}
+    m.submodules[name] = Instance("MULT18X18D", p_GSR="DISABLED", p_RESETMODE="SYNC",
+                                  **params, **ports)
+    return p
+
+
 class PEArray(wiring.Component):
-    #: Finished blocks the array can hold: blocks a source may have sent (their last slot)
-    #: and not yet seen taken from ``o``. The loader's credit loop (issue → ``o`` → taken by
-    #: the output stage → back) takes ``R/OW + 11`` cycles, so three keep blocks of ``R/OW``
-    #: cycles flowing without a gap for ``R/OW ≥ 6`` (every named configuration has 8 or more;
-    #: smaller ones pay a few cycles per block).
-    CREDITS = 3
+    #: Cycles the loader's credit loop (issue → ``o`` → taken by the output stage → back)
+    #: takes beyond a block's own ``R/OW`` requantization steps.
+    CREDIT_LOOP = 12
+
+    @classmethod
+    def credits(cls, config):
+        """Finished blocks the array holds: blocks a source may have sent (their last slot)
+        and not yet seen taken from ``o``. Enough that blocks of ``R/OW`` cycles (the output
+        stage's pace) flow without a gap through the credit loop of ``R/OW + CREDIT_LOOP``
+        cycles: 2 for ``ecp5``, 3 for ``default``."""
+        steps = config.rows // config.out_words
+        return 1 + -(-cls.CREDIT_LOOP // steps)
 
     def __init__(self, config):
         self.config = config
         super().__init__({
             "i": In(stream.Signature(slot_layout(config), always_ready=True)),
             "o": Out(stream.Signature(block_layout(config))),
+            "o_ready_next": In(1),
+            "o_cog_next": Out(block_tag(config).members["cog"]),
         })
 
     def elaborate(self, platform):
         cfg = self.config
         R, C = cfg.rows, cfg.cols
         N = R * C
+        Q = self.credits(cfg)
         m = Module()
+        ecp5 = getattr(platform, "family", None) == "ecp5"
 
         # The slot's control bits, carried along the stages.
         ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "zero": 1,
                                  "tag": block_tag(cfg)})
-        # Stage 0: the slot; stage 1: the products; stage 2: the products again.
-        s0 = Signal(slot_layout(cfg))           # s0.act unused: each row has its copy
-        s0_valid = Signal()
+        # Stage 0: the slot's weights and control; each row's copy of its activations.
+        s0_wgt = Signal.like(self.i.payload.wgt)
+        c0 = Signal(ctl)
         act = copies(m, self.i.payload.act.as_value(), R, "act")
-        c1, c2 = Signal(ctl), Signal(ctl)
-        prod = [Signal(signed(2 * cfg.act_bits), name=f"prod_{k}") for k in range(N)]
-        prod2 = [Signal(signed(2 * cfg.act_bits), name=f"prod2_{k}") for k in range(N)]
-        # Stage 3: the accumulators and the shadow queue (shadow[0], its head, is on o).
-        acc = [Signal(signed(cfg.acc_bits), name=f"acc_{k}") for k in range(N)]
-        shadow = [Signal(block_layout(cfg), name=f"shadow_{q}") for q in range(self.CREDITS)]
-        queued = Signal(range(self.CREDITS + 1))
-        head_valid = Signal()                    # queued != 0, as a register
-
-        take_out = Signal()
-        m.d.comb += [
-            take_out.eq(self.o.valid & self.o.ready),
-            self.o.valid.eq(head_valid),
-            self.o.payload.eq(shadow[0]),
-        ]
-
+        # c2's control bits and the queue's state have a copy per row (below): KEEP stops them
+        # from merging into one of those (hw/fanout.py).
+        c1, c2 = Signal(ctl), Signal(ctl, attrs=KEEP)
+        p = self.i.payload
         m.d.sync += [
-            s0.eq(self.i.payload), s0_valid.eq(self.i.valid),
-            c1.valid.eq(s0_valid), c1.first.eq(s0.first), c1.last.eq(s0.last),
-            c1.zero.eq(s0.zero), c1.tag.eq(s0.tag),
-            c2.eq(c1),
+            s0_wgt.eq(p.wgt),
+            c0.valid.eq(self.i.valid), c0.first.eq(p.first), c0.last.eq(p.last),
+            c0.zero.eq(p.zero), c0.tag.eq(p.tag),
+            c1.eq(c0), c2.eq(c1),
         ]
+        # Stages 1 and 2: the products.
+        prod = []
         for r in range(R):
             for j in range(C):
                 k = r * C + j
                 a = act[r].word_select(j, cfg.act_bits).as_signed()
-                m.d.sync += [prod[k].eq(a * s0.wgt[k]), prod2[k].eq(prod[k])]
+                if ecp5:
+                    prod.append(_ecp5_product(m, a, s0_wgt[k], f"mul_{k}")
+                                [:2 * cfg.act_bits].as_signed())
+                else:
+                    p1 = Signal(signed(2 * cfg.act_bits), name=f"prod_{k}")
+                    p2 = Signal(signed(2 * cfg.act_bits), name=f"prod2_{k}")
+                    m.d.sync += [p1.eq(a * s0_wgt[k]), p2.eq(p1)]
+                    prod.append(p2)
 
-        block = Signal(block_layout(cfg))        # stage 3's sum and tag
-        for k in range(N):
-            m.d.comb += block.acc[k].eq((Mux(c2.first, Const(0, signed(cfg.acc_bits)), acc[k])
-                                         + Mux(c2.zero, 0, prod2[k]))[:cfg.acc_bits])
-        m.d.comb += block.tag.eq(c2.tag)
-        with m.If(c2.valid & ~c2.last):
-            m.d.sync += [acc[k].eq(block.acc[k]) for k in range(N)]
-        # The queue moves up when its head is taken; a finished block joins at its tail. The
-        # source's credit guarantees a free place for every block that finishes.
-        store = c2.valid & c2.last
+        # Stage 3: the accumulators add the products. Stage 4: a block whose last slot was
+        # added in stage 3 moves from the accumulators into the shadow queue (shadow[0], its
+        # head, is on o), so only registers feed the queue. The queue moves up when its head is
+        # taken; a finished block joins at its tail. The source's credit guarantees a free
+        # place for every block that finishes.
+        acc = [Signal(signed(cfg.acc_bits), name=f"acc_{k}") for k in range(N)]
+        shadow = [Signal(block_layout(cfg), name=f"shadow_{q}") for q in range(Q)]
+        queued = Signal(range(Q + 1), attrs=KEEP)
+        head_valid = Signal(attrs=KEEP)         # queued != 0
+        store = Signal(attrs=KEEP)              # stage 4: a finished block, to the queue
+        store_tag = Signal.like(c2.tag)
+        take = Signal()
         tail = Signal.like(queued)
-        m.d.comb += tail.eq(queued - take_out)
-        m.d.sync += [queued.eq(tail + store), head_valid.eq((tail != 0) | store)]
-        for q in range(self.CREDITS):
+        m.d.sync += [store.eq(c2.valid & c2.last), store_tag.eq(c2.tag)]
+        m.d.comb += [
+            self.o.valid.eq(head_valid),
+            self.o.payload.eq(shadow[0]),
+            take.eq(head_valid & self.o.ready),
+            tail.eq(queued - take),
+        ]
+        queued_next = tail + store
+        head_next = (tail != 0) | store
+        m.d.sync += [queued.eq(queued_next), head_valid.eq(head_next)]
+        head_tag = Signal.like(shadow[0].tag)   # shadow[0].tag's next value
+        m.d.comb += [
+            head_tag.eq(Mux(store & (tail == 0), store_tag,
+                            Mux(take, shadow[1].tag, shadow[0].tag))),
+            self.o_cog_next.eq(head_tag.cog),
+        ]
+        m.d.sync += shadow[0].tag.eq(head_tag)
+        for q in range(1, Q):
             with m.If(store & (tail == q)):
-                m.d.sync += shadow[q].eq(block)
-            if q + 1 < self.CREDITS:
-                with m.Elif(take_out):
-                    m.d.sync += shadow[q].eq(shadow[q + 1])
+                m.d.sync += shadow[q].tag.eq(store_tag)
+            if q + 1 < Q:
+                with m.Elif(take):
+                    m.d.sync += shadow[q].tag.eq(shadow[q + 1].tag)
+
+        # Each row's copies of stage 3's control (c2), of store and of the queue's state:
+        # registers loaded with the next values of c2, store, queued, head_valid and o.ready.
+        rctl = data.StructLayout({"valid": 1, "first": 1, "zero": 1, "store": 1,
+                                  "queued": range(Q + 1), "head_valid": 1, "ready": 1})
+        rnext = Signal(rctl)
+        m.d.comb += [rnext.valid.eq(c1.valid), rnext.first.eq(c1.first),
+                     rnext.zero.eq(c1.zero), rnext.store.eq(c2.valid & c2.last),
+                     rnext.queued.eq(queued_next), rnext.head_valid.eq(head_next),
+                     rnext.ready.eq(self.o_ready_next)]
+        rows = copies(m, rnext.as_value(), R, "row")
+        for r in range(R):
+            rc = data.View(rctl, rows[r])
+            r_take = rc.head_valid & rc.ready
+            r_tail = rc.queued - r_take
+            for k in range(r * C, (r + 1) * C):
+                with m.If(rc.valid):
+                    m.d.sync += acc[k].eq((Mux(rc.first, Const(0, signed(cfg.acc_bits)), acc[k])
+                                           + Mux(rc.zero, 0, prod[k]))[:cfg.acc_bits])
+                for q in range(Q):
+                    with m.If(rc.store & (r_tail == q)):
+                        m.d.sync += shadow[q].acc[k].eq(acc[k])
+                    if q + 1 < Q:
+                        with m.Elif(r_take):
+                            m.d.sync += shadow[q].acc[k].eq(shadow[q + 1].acc[k])
         return m

@@ -25,6 +25,7 @@ from readme import write_section
 from synth import _factory, synthesize
 
 from hw.pe_array import PEArray
+from sw.config import CONFIGS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "ecp5"
@@ -32,7 +33,8 @@ TARGET = "ecp5"
 
 #: name → (factory, as for scripts/synth.py; its parameters besides the configuration)
 MODULES = {
-    "Loader": ("hw.loader:Loader", {"credits": PEArray.CREDITS}),   # as the core builds it
+    "Loader": ("hw.loader:Loader",                                   # as the core builds it
+               {"credits": PEArray.credits(CONFIGS[CONFIG])}),
     "PEArray": ("hw.pe_array:PEArray", {}),
     "OutputStage": ("hw.output:OutputStage", {}),
 }

@@ -233,7 +233,7 @@ class Bench:
 
     def __init__(self, dut, cfg):
         self.dut, self.cfg = dut, cfg
-        self.credits = PEArray.CREDITS          # as the core builds the loader
+        self.credits = PEArray.credits(cfg)     # as the core builds the loader
         C, NB, K = cfg.cols, cfg.act_banks, cfg.max_kernel
         g = lambda n: getattr(dut, n)  # noqa: E731
         self.act_addr = [g(f"act_addr__{b}") for b in range(NB)]

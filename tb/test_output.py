@@ -158,6 +158,7 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
     accepted_at = []
     holding = False
     idle_since = None        # cycle in which idle was seen with nothing presented
+    announced = 0            # i_ready_next of the previous cycle (the stage starts idle)
     timeout = 100 + len(blocks) * (R // cfg.out_words + 2) * 3 / p_valid
     while True:
         await RisingEdge(dut.clk)
@@ -169,9 +170,14 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
         dut.param_data.value = (image.params[_state["paddr"]]
                                 if _state["paddr"] < len(image.params) else 0)
         # a stream source keeps valid (and the payload) until the transfer
-        valid = k < len(blocks) and (holding or rng.random() < p_valid)
+        # the layer starts (start, with its desc) in its first cycle, before its first block
+        dut.start.value = int(cycles == 1)
+        valid = cycles > 1 and k < len(blocks) and (holding or rng.random() < p_valid)
         dut.i__valid.value = int(valid)
         dut.i__payload.value = payloads[k] if k < len(blocks) else 0
+        # the payload's cog in the next cycle: this block's, or the next one's once taken
+        k_next = k + (valid and announced)
+        dut.i_cog_next.value = blocks[k_next][0]["cog"] if k_next < len(blocks) else 0
         await ReadOnly()
         _state["paddr"] = int(dut.param_addr.value)
         banks, nflag = set(), 0
@@ -191,7 +197,11 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
             assert (lanes_v, f) == expected[i], \
                 f"{name}: word {i}: got {(lanes_v, f)}, expected {expected[i]}"
         assert int(dut.flagged.value) == nflag, f"{name}: flagged {int(dut.flagged.value)}"
-        holding = valid and not int(dut.i__ready.value)
+        ready = int(dut.i__ready.value)
+        assert ready == announced, \
+            f"{name}: i.ready {ready}, announced {announced} by i_ready_next"
+        announced = int(dut.i_ready_next.value)
+        holding = valid and not ready
         if valid and int(dut.i__ready.value):
             k += 1
             accepted_at.append(cycles)
@@ -213,6 +223,7 @@ async def run_all(dut, p_valid, seed_offset, *, check_rate=False):
     Clock(dut.clk, 10, unit="ns").start()
     dut.rst.value = 1
     dut.i__valid.value = 0
+    dut.start.value = 0
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0

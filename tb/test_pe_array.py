@@ -58,14 +58,16 @@ def _blocks(cfg, rng, n_blocks, *, big=False):
 
 async def _run(dut, cfg, blocks, p_valid, p_ready, *, check_full_rate=False):
     """Send the blocks' slots with random gaps, as a source that keeps the credit rule at its
-    limit: a last slot goes out whenever fewer than ``CREDITS`` blocks whose last slot was sent
-    have been seen taken from ``o`` (up to the cycle before). Take blocks with probability
-    ``p_ready`` and check them all, in order."""
+    limit: a last slot goes out whenever fewer than ``PEArray.credits`` blocks whose last slot
+    was sent have been seen taken from ``o`` (up to the cycle before). Take blocks with
+    probability ``p_ready`` (decided a cycle ahead and announced on ``o_ready_next``, as the
+    output stage does) and check them all, in order."""
     sl, bl = slot_layout(cfg), block_layout(cfg)
     await RisingEdge(dut.clk)    # leave a ReadOnly phase before driving
     dut.rst.value = 1
     dut.i__valid.value = 0
     dut.o__ready.value = 0
+    dut.o_ready_next.value = 0
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
@@ -78,30 +80,39 @@ async def _run(dut, cfg, blocks, p_valid, p_ready, *, check_full_rate=False):
     cycles = 0
     held = 0                # cycles a slot was held back for want of credit
     finished = 0            # last slots sent
+    credits = PEArray.credits(cfg)
+    ready = 0               # o.ready in this cycle, announced in the previous one
+    cog_next = None         # o_cog_next of the previous cycle
     timeout = 200 + 20 * len(slots) / min(p_valid, p_ready)
     while len(got) < len(expected):
         await RisingEdge(dut.clk)
         cycles += 1
         assert cycles < timeout, f"timeout: {len(got)} of {len(expected)} blocks"
-        credit = k < len(slots) and not (lasts[k] and finished - len(got) >= PEArray.CREDITS)
+        credit = k < len(slots) and not (lasts[k] and finished - len(got) >= credits)
         valid = credit and rng.random() < p_valid
         held += k < len(slots) and not credit
         dut.i__valid.value = int(valid)
         dut.i__payload.value = slots[k] if k < len(slots) else 0
-        dut.o__ready.value = int(rng.random() < p_ready)
+        dut.o__ready.value = ready
+        ready = int(rng.random() < p_ready)
+        dut.o_ready_next.value = ready
         await ReadOnly()
         if valid:
             finished += lasts[k]
             k += 1
+        head = unpack(bl, int(dut.o__payload.value))
+        assert cog_next is None or head["tag"]["cog"] == cog_next, \
+            f"o.payload.tag.cog {head['tag']['cog']}, announced {cog_next} by o_cog_next"
+        cog_next = int(dut.o_cog_next.value)
         if int(dut.o__valid.value) and int(dut.o__ready.value):
-            got.append(unpack(bl, int(dut.o__payload.value)))
+            got.append(head)
     for n, ((acc, tag), g) in enumerate(zip(expected, got)):
         assert g["tag"] == tag, f"block {n}: tag {g['tag']} != {tag}"
         assert g["acc"] == acc, f"block {n}: acc {g['acc']} != {acc}"
     if check_full_rate:
         assert held == 0, f"{held} slots held for credit at full rate"
-        # one slot per cycle: the last block leaves 4 cycles after its last slot
-        assert cycles <= len(slots) + 5, f"{cycles} cycles for {len(slots)} slots"
+        # one slot per cycle: the last block leaves 5 cycles after its last slot
+        assert cycles <= len(slots) + 6, f"{cycles} cycles for {len(slots)} slots"
     for _ in range(3):    # nothing more comes out
         await RisingEdge(dut.clk)
         await ReadOnly()

@@ -24,7 +24,7 @@ def sim(request):
     from tb import runner
 
     cfg = request.param
-    sim = runner.build_component(Loader(cfg, credits=PEArray.CREDITS), "loader", cfg,
+    sim = runner.build_component(Loader(cfg, credits=PEArray.credits(cfg)), "loader", cfg,
                                  internals=False)
     env = {"TILESKIP_CONFIG": json.dumps(cfg.to_dict()),
            "TILESKIP_LOADER_PERF": str(sim.build_dir / "perf.jsonl")}
