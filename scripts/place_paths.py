@@ -24,11 +24,13 @@ __all__ = ["CELL_PS", "net_delay_ps", "analyse", "main"]
 
 #: Nominal delays (ps): flip-flop clock to Q and setup, a LUT or carry half from any input,
 #: the carry chain's FCI → FCO, block RAM clock to data (no output register), an unregistered
-#: 18×18 multiply.
-CELL_PS = {"ff_q": 400, "ff_setup": 100, "lut": 300, "carry": 60, "bram_q": 4300, "mult": 4500}
+#: 18×18 multiply, a multiplier's output register clock to P.
+CELL_PS = {"ff_q": 400, "ff_setup": 100, "lut": 300, "carry": 60, "bram_q": 4300, "mult": 4500,
+           "mult_q": 1000}
 
 _BEL = re.compile(r"X(\d+)/Y(\d+)/")
-#: Flip-flop and block RAM inputs that end a path (everything but the clock).
+#: Flip-flop and block RAM inputs that end a path: everything but the clock. (A MULT18X18D's
+#: operands end one when they are registered; its output starts one when it is.)
 _CLOCKS = ("CLK", "CLKA", "CLKB", "WCK")
 
 
@@ -42,6 +44,7 @@ class _Design:
     def __init__(self, placed):
         mod = placed["modules"]["top"]
         self.loc, self.type, self.inputs = {}, {}, {}
+        self.registered = {}        # MULT18X18D: its registered operands and output
         self.driver = {}
         for name, cell in mod["cells"].items():
             bel = _BEL.match(cell.get("attributes", {}).get("NEXTPNR_BEL", ""))
@@ -49,6 +52,12 @@ class _Design:
                 continue
             self.loc[name] = (int(bel.group(1)), int(bel.group(2)))
             self.type[name] = cell["type"]
+            if cell["type"] == "MULT18X18D":
+                params = cell.get("parameters", {})
+                self.registered[name] = {
+                    reg for reg, param in (("A", "REG_INPUTA_CLK"), ("B", "REG_INPUTB_CLK"),
+                                           ("P", "REG_OUTPUT_CLK"), ("P", "REG_PIPELINE_CLK"))
+                    if str(params.get(param, "NONE")).strip() != "NONE"}
             dirs = cell.get("port_directions", {})
             ins = self.inputs[name] = []
             for port, bits in cell["connections"].items():
@@ -86,8 +95,11 @@ class _Design:
         """(input bit, its port, cell delay) of the combinational arcs into ``cell.port``."""
         kind = self.type[cell]
         if kind == "MULT18X18D":
+            regs = self.registered[cell]
+            if "P" in regs:
+                return []
             return [(bit, p, CELL_PS["mult"]) for p, bit in self.inputs[cell]
-                    if re.fullmatch(r"[AB]\d+", p) and bit in self.driver]
+                    if re.fullmatch(r"[AB]\d+", p) and p[0] not in regs and bit in self.driver]
         if kind in ("TRELLIS_COMB", "TRELLIS_RAMW"):
             return [(bit, p, CELL_PS["carry"] if (p, port) == ("FCI", "FCO")
                      else 0 if p in ("FXA", "FXB") else CELL_PS["lut"])
@@ -97,7 +109,22 @@ class _Design:
         return []
 
     def start(self, cell):
+        if self.type[cell] == "MULT18X18D":
+            regs = self.registered[cell]
+            return (CELL_PS["mult_q"] if "P" in regs
+                    else CELL_PS["ff_q"] + CELL_PS["mult"] if regs else 0)
         return {"TRELLIS_FF": CELL_PS["ff_q"], "DP16KD": CELL_PS["bram_q"]}.get(self.type[cell], 0)
+
+    def endpoints(self, cell):
+        """The input ports of ``cell`` that end a path."""
+        kind = self.type[cell]
+        if kind == "MULT18X18D":
+            regs = self.registered[cell]
+            return [(p, bit) for p, bit in self.inputs[cell]
+                    if re.fullmatch(r"[AB]\d+", p) and p[0] in regs]
+        if kind in ("TRELLIS_FF", "DP16KD"):
+            return [(p, bit) for p, bit in self.inputs[cell] if p not in _CLOCKS]
+        return []
 
     def arrival(self, cell, port):
         """(arrival ps at the output, the input bit and port it came through) — iterative, as
@@ -142,11 +169,9 @@ def analyse(placed, count=20):
     :meth:`_Design.trace`), slowest first."""
     d = _Design(placed)
     ends = []
-    for cell, kind in d.type.items():
-        if kind not in ("TRELLIS_FF", "DP16KD"):
-            continue
-        for port, bit in d.inputs[cell]:
-            if port in _CLOCKS or bit not in d.driver:
+    for cell in d.type:
+        for port, bit in d.endpoints(cell):
+            if bit not in d.driver:
                 continue
             t = d.arrival(*d.driver[bit])[0] + d.hop(bit, cell, port) + CELL_PS["ff_setup"]
             ends.append((t, cell, port, bit))

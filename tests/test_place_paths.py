@@ -57,3 +57,36 @@ def test_paths_ranked_with_their_nets():
     assert got["d.DI"]["ps"] == direct
     assert "d.CE" not in got                                        # a constant is no path
     assert [p["ps"] for p in paths] == sorted((p["ps"] for p in paths), reverse=True)
+
+
+def test_registered_multiplier_ends_and_starts_paths():
+    # a (0,0) → mult's A (registered) ; mult's P (registered) → b (40,0); c (0,9) → comb B
+    def mult(regs):
+        cell = _cell("MULT18X18D", 20, 0, {"P0": 4}, {"A0": 2, "B0": 3})
+        cell["parameters"] = {f"REG_{r}_CLK": "CLK0" for r in regs}
+        return cell
+
+    def placed(regs):
+        cells = {
+            "a": _cell("TRELLIS_FF", 0, 0, {"Q": 2}, {"CLK": 1, "DI": 5}),
+            "c": _cell("TRELLIS_FF", 0, 9, {"Q": 3}, {"CLK": 1, "DI": 5}),
+            "m": mult(regs),
+            "b": _cell("TRELLIS_FF", 40, 0, {"Q": 5}, {"CLK": 1, "DI": 4}),
+        }
+        names = {"clk": [1], "a_q": [2], "c_q": [3], "p": [4], "b_q": [5]}
+        return {"modules": {"top": {"cells": cells,
+                                    "netnames": {n: {"bits": b} for n, b in names.items()}}}}
+
+    out_of_m = net_delay_ps((20, 0), (40, 0))
+    # unregistered: one path through the multiplier, from c (the farther operand)
+    comb = {p["end"]: p for p in analyse(placed(()), count=10)}
+    assert "m.A0" not in comb
+    assert comb["b.DI"]["ps"] == (CELL_PS["ff_q"] + net_delay_ps((0, 9), (20, 0))
+                                  + CELL_PS["mult"] + out_of_m + CELL_PS["ff_setup"])
+    # inputs and output registered: the operands end paths (the slower one is listed), P
+    # starts one
+    regd = {p["end"]: p for p in analyse(placed(("INPUTA", "INPUTB", "OUTPUT")), count=10)}
+    assert regd["m.B0"]["ps"] == (CELL_PS["ff_q"] + net_delay_ps((0, 9), (20, 0))
+                                  + CELL_PS["ff_setup"])
+    assert regd["b.DI"]["ps"] == CELL_PS["mult_q"] + out_of_m + CELL_PS["ff_setup"]
+    assert [h[0] for h in regd["b.DI"]["hops"]] == ["p[0]"]
