@@ -6,7 +6,7 @@ Pipeline
 --------
 ::
 
-    S0 ─▶ P ─▶ Q ─▶ S1 ─▶ S2 ─▶ S3 ─▶ FIFO ─▶ issue ─▶ X ─▶ A ─▶ R ─▶ D ─▶ E ─▶ O ─▶ o
+    S0 ─▶ P ─▶ Q ─▶ S1 ─▶ S2 ─▶ S3 ─▶ FIFO ─▶ issue ─▶ W ─▶ X ─▶ A ─▶ R ─▶ D ─▶ E ─▶ O ─▶ o
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
@@ -30,13 +30,14 @@ Pipeline
   group's final slot only once it knows whether that slot ends the block (the entry is followed
   by another entry, or it has been sealed), which costs nothing unless the scan has fallen
   behind (then the block cannot end earlier anyway). It registers the slot's bit index and its
-  group's entry; **X** decodes them (kernel row and column, words, lanes) into A's registers.
+  group's entry (**W**, next to issue); **X** holds them with the slot's kernel row and column
+  and weight offset, looked up from the bit; A's registers get the rest (words, lanes).
 * **A** works out the activation and weight read addresses, **R** holds them in registers
   that drive the read ports (so only wires run to the block RAMs, which may sit anywhere on
   the chip), **D** receives the data (1-cycle read
   latency), **E** registers it (so no logic follows the block RAMs' outputs) and forms the slot
-  from it, **O** holds the slot on ``o``. X, A, D, E and O advance every cycle: nothing after
-  issue ever stalls.
+  from it, **O** holds the slot on ``o``. W, X, A, D, E and O advance every cycle: nothing
+  after issue ever stalls.
 
 Flow control by credit: ``o`` has no ``ready`` (the PE array takes every slot). Instead the
 loader keeps at most ``credits`` blocks *outstanding* — blocks whose last slot it has issued
@@ -47,12 +48,11 @@ through a register); a pulse may come any number of cycles late, which only cost
 So the only signal from downstream is a registered pulse, and the stages after issue have no
 enable at all.
 
-Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+15``
-(latch, setup, init, S0, P, Q, S1, S2, S3, issue, X → A, R, D, E, O); ``done`` rises 2 cycles
-after the last slot is on ``o``, so start → done takes ``max(issued slots, scan cycles) + 16``
-cycles
-when credits come back in time (a block's last slot issued in cycle ``c`` is on ``o`` in cycle
-``c+6``).
+Timing: with ``start`` high in cycle ``t`` the first slot is offered on ``o`` in cycle ``t+16``
+(latch, setup, init, S0, P, Q, S1, S2, S3, issue, W, X → A, R, D, E, O); ``done`` rises 2
+cycles after the last slot is on ``o``, so start → done takes
+``max(issued slots, scan cycles) + 17`` cycles when credits come back in time (a block's last
+slot issued in cycle ``c`` is on ``o`` in cycle ``c+7``).
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
 issued slot at all costs its number of groups). ``o.valid`` and ``o.payload`` are registers.
@@ -306,10 +306,17 @@ class Loader(wiring.Component):
 
         # -- X, A, D and O stages -------------------------------------------------------------
         o_valid = Signal()
+        w_valid, w_first, w_last = Signal(), Signal(), Signal()
+        we = Signal(E)                          # the issued slot's group (mask unused)
+        w_idx = Signal(range(max(G, 2)))        # its bit
+        w_low = Signal(NB)
         x_valid, x_first, x_last = Signal(), Signal(), Signal()
-        xe = Signal(E)                          # the issued slot's group (mask unused)
+        xe = Signal(E)
         x_idx = Signal(range(max(G, 2)))
         x_low = Signal(NB)
+        x_ky = Signal(range(max(KM, 2)))        # conv: the slot's kernel row and column
+        x_kx = Signal(range(max(KM, 2)))
+        x_soff = Signal(range(max(G, KM * KM, 2)))   # its offset in the group's weights
         a_valid, a_zero, a_first, a_last = Signal(), Signal(), Signal(), Signal()
         a_cog, a_y, a_xg = Signal(ch), Signal(wd), Signal(wd)
         a_t = Signal(signed(ASW))
@@ -547,39 +554,41 @@ class Loader(wiring.Component):
         ]
         with m.If(fire_i):
             m.d.sync += [done_bits.eq(Mux(final, 0, done_bits | low)), started.eq(~ends)]
-        m.d.sync += [x_valid.eq(fire_i), x_first.eq(~started), x_last.eq(ends),
-                     xe.eq(head), x_idx.eq(idx), x_low.eq(low[:NB])]
+        m.d.sync += [w_valid.eq(fire_i), w_first.eq(~started), w_last.eq(ends),
+                     we.eq(head), w_idx.eq(idx), w_low.eq(low[:NB])]
         m.d.sync += outstanding.eq(outstanding + (fire_i & ends) - self.block_done)
 
-        # ==== X: decode the slot of bit x_idx ===================================================
+        # ==== W → X: the kernel row and column and the weight offset of bit w_idx ==============
         ky_t = Array([Const(min(b // KM, KM - 1), range(KM)) for b in range(max(G, 2))])
         kx_t = Array([Const(b % KM, range(KM)) for b in range(max(G, 2))])
         soff_t = Array(soff + [Const(0)] * (max(G, 2) - KM * KM))
-        ky = Signal(range(max(KM, 2)))
-        kx = Signal(range(max(KM, 2)))
-        m.d.comb += [ky.eq(ky_t[x_idx]), kx.eq(kx_t[x_idx])]
-        rv = xe.rowv.bit_select(ky, 1)
+        m.d.sync += [x_valid.eq(w_valid), x_first.eq(w_first), x_last.eq(w_last), xe.eq(we),
+                     x_idx.eq(w_idx), x_low.eq(w_low), x_ky.eq(ky_t[w_idx]), x_kx.eq(kx_t[w_idx]),
+                     x_soff.eq(Mux(is_fc, w_idx, soff_t[w_idx]))]
+
+        # ==== X: decode the slot ===============================================================
+        rv = xe.rowv.bit_select(x_ky, 1)
         m.d.sync += [
             a_valid.eq(x_valid), a_zero.eq(xe.zero), a_first.eq(x_first), a_last.eq(x_last),
             a_cog.eq(xe.cog), a_y.eq(xe.y), a_xg.eq(xe.xg),
         ]
         with m.If(is_fc):
             m.d.sync += [a_t.eq(xe.tk[0]), a_rot.eq(0), a_used.eq(x_low),
-                         a_wb.eq(xe.wb), a_soff.eq(x_idx)]
+                         a_wb.eq(xe.wb), a_soff.eq(x_soff)]
             for j in range(C):
                 m.d.sync += [a_o[j].eq(x_idx), a_l[j].eq(j), a_v[j].eq(~xe.zero)]
         with m.Else():
             m.d.sync += [
-                a_t.eq(xe.tk[ky]),
+                a_t.eq(xe.tk[x_ky]),
                 a_rot.eq(_low(xe.ci, lgNB)),
-                a_used.eq(Mux(rv, xe.used.word_select(kx, NB), 0)),
-                a_wb.eq(xe.wb), a_soff.eq(soff_t[x_idx]),
+                a_used.eq(Mux(rv, xe.used.word_select(x_kx, NB), 0)),
+                a_wb.eq(xe.wb), a_soff.eq(x_soff),
             ]
             for j in range(C):
                 m.d.sync += [
-                    a_o[j].eq(Array([offw[x][j] for x in range(KM)])[kx]),
-                    a_l[j].eq(Array([lane[x][j] for x in range(KM)])[kx]),
-                    a_v[j].eq(rv & xe.colv.bit_select(kx * C + j, 1) & ~xe.zero),
+                    a_o[j].eq(Array([offw[x][j] for x in range(KM)])[x_kx]),
+                    a_l[j].eq(Array([lane[x][j] for x in range(KM)])[x_kx]),
+                    a_v[j].eq(rv & xe.colv.bit_select(x_kx * C + j, 1) & ~xe.zero),
                 ]
 
         # ==== A: read addresses, into the port registers of R ===================================
@@ -685,15 +694,17 @@ class Loader(wiring.Component):
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
         with m.If((state == DRAIN) & ~p_valid & ~q_valid & ~s1_valid & ~s2_valid & ~s3_valid
-                  & (level == 0) & ~x_valid & ~a_valid & ~r_valid & ~d_valid & ~e_valid & ~o_valid):
+                  & (level == 0) & ~w_valid & ~x_valid & ~a_valid & ~r_valid & ~d_valid
+                  & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), s3_valid.eq(0),
                 wptr.eq(0), rptr.eq(0), level.eq(0), occupied.eq(0),
-                tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), x_valid.eq(0),
-                a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0), o_valid.eq(0),
+                tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), w_valid.eq(0),
+                x_valid.eq(0), a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0),
+                o_valid.eq(0),
                 self.issue_slots.eq(0), self.issue_slots_skipped.eq(0),
                 self.weight_bytes_read.eq(0), self.act_bytes_read.eq(0),
             ]

@@ -64,7 +64,7 @@ def _ecp5_product(m, a, b, name):
 class PEArray(wiring.Component):
     #: Cycles the loader's credit loop (issue → ``o`` → taken by the output stage → back)
     #: takes beyond a block's own ``R/OW`` requantization steps.
-    CREDIT_LOOP = 12
+    CREDIT_LOOP = 13
 
     @classmethod
     def credits(cls, config):

@@ -204,7 +204,7 @@ async def check_program(bus, program, x, skip):
             plan = layout.plan(program)[i]
             d = plan.desc
             blocks = d["cogs"] * d["rows"] * d["xgs"]
-            bound = issued + blocks * (plan.groups + cfg.rows // cfg.out_words + 1) + 35
+            bound = issued + blocks * (plan.groups + cfg.rows // cfg.out_words + 1) + 36
             assert 0 < hw["busy_cycles"] <= bound, (n, i, hw["busy_cycles"], bound)
         assert cycles >= sum(c["busy_cycles"] for c in counts)
     return all_counts
