@@ -243,12 +243,17 @@ class Core(wiring.Component):
         m.d.comb += refused.eq(~in_range
                                | (cmd.write & (cmd.region == Region.COUNT))
                                | (cmd.write & (cmd.region == Region.CTRL) & (cmd.index != 0)))
-        # A word with bits beyond its region's width is refused too.
+        # A word with bits beyond its region's width is refused too. Whether it has them is
+        # registered with the command, per width (an OR over up to 256 bits of the data word,
+        # which fans out to every memory).
+        widths = sorted({w for w, _ in regions.values() if w < len(cmd.data)})
+        beyond = Signal(len(widths))
+        m.d.sync += [beyond[n].eq(self.cmd.payload.data[w:] != 0) for n, w in enumerate(widths)]
         with m.Switch(cmd.region):
             for region, (width, _) in regions.items():
                 if width < len(cmd.data):
                     with m.Case(region):
-                        with m.If(cmd.write & (cmd.data[width:] != 0)):
+                        with m.If(cmd.write & beyond[widths.index(width)]):
                             m.d.comb += refused.eq(1)
         m.d.sync += [k_refused.eq(refused),
                      k_idle.eq((cmd.region < Region.COUNT)
@@ -493,22 +498,31 @@ class Core(wiring.Component):
         for buf in range(2):
             for b in range(NB):
                 reading = in_buf_at[b] == buf
+                # Output lanes address distinct banks; each bank takes the lane aimed at it
+                # into a register of its own, which drives its block RAMs' write ports (the
+                # lanes' logic and the block RAMs are far apart). A write lands a cycle after
+                # it is on its lane, long before the next layer reads the buffer.
+                w_en = Signal(name=f"w_en_{buf}_{b}")
+                w_addr = Signal.like(act_w[buf][b].addr, name=f"w_addr_{buf}_{b}")
+                w_data = Signal.like(act_w[buf][b].data, name=f"w_data_{buf}_{b}")
+                w_flag = Signal(name=f"w_flag_{buf}_{b}")
+                m.d.sync += w_en.eq(0)
+                for lane in out.wr:
+                    hit = lane.en & (lane.index[:shift] == b if NB > 1 else 1) & ~reading
+                    with m.If(hit):
+                        m.d.sync += [w_en.eq(1), w_addr.eq(lane.index[shift:]),
+                                     w_data.eq(lane.data), w_flag.eq(lane.flag)]
                 with m.If(busy_at["act", buf, b]):
                     m.d.comb += [act_r[buf][b].addr.eq(loader.act_addr[b]),
                                  act_r[buf][b].en.eq(loader.act_en[b] & reading)]
                     for k in range(K):
                         m.d.comb += [flag_r[buf][b][k].addr.eq(loader.flag_addr[b][k]),
                                      flag_r[buf][b][k].en.eq(loader.flag_en & reading)]
-                    # Output lanes address distinct banks; each bank takes the lane aimed at it.
-                    for lane in out.wr:
-                        hit = lane.en & (lane.index[:shift] == b if NB > 1 else 1) & ~reading
-                        with m.If(hit):
-                            m.d.comb += [
-                                act_w[buf][b].addr.eq(lane.index[shift:]),
-                                act_w[buf][b].data.eq(lane.data), act_w[buf][b].en.eq(1),
-                                flag_w[buf][b].addr.eq(lane.index[shift:]),
-                                flag_w[buf][b].data.eq(lane.flag), flag_w[buf][b].en.eq(1),
-                            ]
+                    m.d.comb += [
+                        act_w[buf][b].addr.eq(w_addr), act_w[buf][b].data.eq(w_data),
+                        act_w[buf][b].en.eq(w_en), flag_w[buf][b].addr.eq(w_addr),
+                        flag_w[buf][b].data.eq(w_flag), flag_w[buf][b].en.eq(w_en),
+                    ]
         for j in range(C):
             with m.If(busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
