@@ -25,7 +25,7 @@ taken from ``o`` (the loader does, counting the taken blocks with a delay), so a
 block always finds a free shadow. ``o.valid`` and ``o.payload`` are registers.
 ``o_ready_next`` announces ``o.ready`` one cycle ahead: in every cycle it must equal the value
 ``o.ready`` has in the next one (the output stage knows it). The rows' copies of ``o.ready``
-are loaded from it, so ``o.ready`` itself drives nothing but the queue's counter.
+are loaded from it, so ``o.ready`` itself drives only the queue's counter and its tags.
 ``o_cog_next`` is the value ``o.payload.tag.cog`` has in the next cycle (for the output
 stage's check of its parameters).
 """
