@@ -125,28 +125,28 @@ class OutputStage(wiring.Component):
         # ---- parameters: param_addr registers the address pbase + cog of the cog wanted now;
         # param_data belongs to last cycle's param_addr and is registered (pd) before use, so
         # pd holds the parameters of the (pbase, cog) wanted three cycles ago. The block's cog
-        # is compared with pd's, not its address (no adder after the PE array's tag register).
+        # is compared with that cog, not its address (no adder after the PE array's tag).
         want = Signal.like(i.payload.tag.cog)
         cog_q = Signal.like(want)                   # the layer's previous block's cog
-        addr_cog, data_cog, pd_cog = (Signal.like(want, name=f"{n}_cog")
-                                      for n in ("addr", "data", "pd"))
-        addr_pbase, data_pbase, pd_pbase = (Signal.like(desc.pbase, name=f"{n}_pbase")
-                                            for n in ("addr", "data", "pd"))
+        # The (pbase, cog) of param_addr, and of param_data (the one pd gets next).
+        addr_cog, data_cog = (Signal.like(want, name=f"{n}_cog") for n in ("addr", "data"))
+        addr_pbase, data_pbase = (Signal.like(desc.pbase, name=f"{n}_pbase")
+                                  for n in ("addr", "data"))
         paddr_ok = Signal(3)                        # shift register: all ones 3 cycles after start
         pd = Signal.like(self.param_data)
         m.d.comb += want.eq(Mux(i.valid, i.payload.tag.cog, cog_q))
         m.d.sync += [self.param_addr.eq(desc.pbase + want), addr_cog.eq(want),
-                     data_cog.eq(addr_cog), pd_cog.eq(data_cog),
-                     addr_pbase.eq(desc.pbase), data_pbase.eq(addr_pbase),
-                     pd_pbase.eq(data_pbase),
+                     data_cog.eq(addr_cog), addr_pbase.eq(desc.pbase),
+                     data_pbase.eq(addr_pbase),
                      paddr_ok.eq(Cat(1, paddr_ok[:2])), pd.eq(self.param_data)]
         with m.If(i.valid):
             m.d.sync += cog_q.eq(i.payload.tag.cog)
         with m.If(self.start):
             m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
-        # params_ready = paddr_ok[2] & (pd_pbase == desc.pbase) & (pd_cog == i.payload.tag.cog),
-        # as a register worked out from the next values of its terms (desc is constant within
-        # a layer, and no block is on i when a layer starts).
+        # params_ready: pd holds the parameters of the block on i, three cycles after a start.
+        # A register, worked out from the next values of its terms: pd's (pbase, cog) will be
+        # data's, the block's cog will be i_cog_next (desc is constant within a layer, and no
+        # block is on i when a layer starts).
         params_ready = Signal()
         m.d.sync += params_ready.eq(paddr_ok[1] & ~self.start & (data_pbase == desc.pbase)
                                     & (data_cog == self.i_cog_next))
