@@ -305,13 +305,16 @@ class OutputStage(wiring.Component):
         with m.If(sd.valid):
             for w in range(OW):
                 for j in range(C):
+                    # y > 127 and y < -128 as reductions of y's bits above the byte (as
+                    # comparisons they are 50-bit carry chains).
                     y = d_y[w][j]
+                    neg, high = y[-1], y[7:]
                     ys = Signal(act8, name=f"ys_{w}_{j}")
-                    with m.If(desc.relu & (y < 0)):
+                    with m.If(desc.relu & neg):
                         m.d.comb += ys.eq(0)
-                    with m.Elif(y > 127):
+                    with m.Elif(~neg & high.any()):
                         m.d.comb += ys.eq(127)
-                    with m.Elif(y < -128):
+                    with m.Elif(neg & ~high.all()):
                         m.d.comb += ys.eq(-128)
                     with m.Else():
                         m.d.comb += ys.eq(y[:8])
