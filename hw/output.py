@@ -42,13 +42,13 @@ Ports
 
 Throughput and latency
 ----------------------
-Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` multipliers of
-32 × 16 bits), ``R/OW`` cycles per block; the writer runs concurrently on the previous block:
-``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first
-block of a pool pair, an even ``xg`` of a pooled CHW row) — never more than ``R/OW``, so the
-pipeline never waits for the writer and has no stall signal at all. A block whose last step is
-in cycle ``t`` has its first write on ``wr`` in cycle ``t+11`` (``t+12`` when pooled: the 2×2
-maximum takes a register stage of its own).
+Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` products of
+32 × 16 bits, each two registered 18 × 18 multiplies), ``R/OW`` cycles per block; the writer
+runs concurrently on the previous block: ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC
+pooled), ``R/(C·OW)`` (fc) or none (the first block of a pool pair, an even ``xg`` of a pooled
+CHW row) — never more than ``R/OW``, so the pipeline never waits for the writer and has no
+stall signal at all. A block whose last step is in cycle ``t`` has its first write on ``wr``
+in cycle ``t+11`` (``t+12`` when pooled: the 2×2 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
@@ -60,6 +60,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.config import ConfigError
 
+from .arith import registered_product
 from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
@@ -208,27 +209,25 @@ class OutputStage(wiring.Component):
             for j in range(1, C):
                 m.d.sync += x2[w][j].eq(x1[w][j])
 
-        # Stage A: add the bias.
-        sa = Signal(stage)
-        a_x = [[Signal(signed(32), name=f"a_x_{w}_{j}") for j in range(C)] for w in range(OW)]
-        a_m2 = [Signal(16, name=f"a_m2_{w}") for w in range(OW)]
+        # Stages A and B: add the bias, multiply. The 32 × 16-bit product x·m is two products
+        # of at most 18 × 18 bits, x_lo·m and x_hi·m (x = x_hi·2¹⁶ + x_lo, x_lo unsigned), each
+        # from registered_product: its operand registers are stage A's, its product registers
+        # stage B's (on ECP5 both inside a DSP block). Stage C adds them up.
+        sa, sb = Signal(stage), Signal(stage)
         a_s2 = [Signal(5, name=f"a_s2_{w}") for w in range(OW)]
-        m.d.sync += sa.eq(s2)
-        for w in range(OW):
-            m.d.sync += [a_m2[w].eq(m2[w]), a_s2[w].eq(s2_s[w])]
-            for j in range(C):
-                m.d.sync += a_x[w][j].eq((x2[w][j] + b2[w])[:32].as_signed())
-
-        # Stage B: multiply. (Splitting it into registered 16 × 16 partial products and their
-        # sum makes Yosys 0.70's abc9 fail an assertion in ABC_OPS_REINTEGRATE.)
-        sb = Signal(stage)
-        b_p = [[Signal(signed(49), name=f"b_p_{w}_{j}") for j in range(C)] for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
-        m.d.sync += sb.eq(sa)
+        b_lo = [[None] * C for _ in range(OW)]      # x_lo·m: 32 bits, unsigned
+        b_hi = [[None] * C for _ in range(OW)]      # x_hi·m: 32 bits, signed
+        m.d.sync += [sa.eq(s2), sb.eq(sa)]
         for w in range(OW):
-            m.d.sync += b_s[w].eq(a_s2[w])
+            m.d.sync += [a_s2[w].eq(s2_s[w]), b_s[w].eq(a_s2[w])]
+            mult = Cat(m2[w], Const(0, 1))          # 17 bits: non-negative as signed
             for j in range(C):
-                m.d.sync += b_p[w][j].eq(a_x[w][j] * a_m2[w])
+                x = (x2[w][j] + b2[w])[:32]
+                b_lo[w][j] = registered_product(m, Cat(x[:16], Const(0, 1)), mult,
+                                                f"mul_lo_{w}_{j}", platform)[:32]
+                b_hi[w][j] = registered_product(m, x[16:], mult,
+                                                f"mul_hi_{w}_{j}", platform)[:32].as_signed()
 
         # The geometry of a block's words is worked out from its tag in stages C and D1, so that
         # the hand-off below only copies registers (done_geo).
@@ -264,7 +263,7 @@ class OutputStage(wiring.Component):
             rnd = (Const(1, 33) << b_s[w])[1:33]
             m.d.sync += c_s[w].eq(b_s[w])
             for j in range(C):
-                m.d.sync += c_t[w][j].eq(b_p[w][j] + rnd)
+                m.d.sync += c_t[w][j].eq((b_hi[w][j] << 16) + b_lo[w][j] + rnd)
 
         # Stage D1: shift; the block's geometry.
         sd = Signal(stage)

@@ -4,12 +4,11 @@ Five pipeline stages, one slot per cycle, and no stall anywhere:
 
 0. the slot is registered, its activations once per row of PEs (each copy feeds ``C`` DSP
    blocks instead of one register feeding ``R·C`` of them across the chip);
-1. the products ``act[j] · wgt[r·C + j]`` are registered (one signed 8×8 multiply per PE);
-2. the products are registered again. On ECP5 each PE is one MULT18X18D with its input and
-   output registers (:func:`_ecp5_product`), so stages 1 and 2 are inside the DSP block and
-   the wires to and from it (the DSP blocks sit in fixed rows across the chip) run between
-   registers only; elsewhere (simulation, iCE40) stage 1 registers the product and stage 2
-   copies it;
+1. each PE's operands ``act[j]`` and ``wgt[r·C + j]`` are registered;
+2. their product is registered (one signed 8×8 multiply per PE,
+   :func:`hw.arith.registered_product`: on ECP5 a MULT18X18D with its input and output
+   registers, so stages 1 and 2 are inside the DSP block and the wires to and from it run
+   between registers only);
 3. the accumulators add them (``first``: load instead of add; ``zero``: add nothing);
 4. a block whose last slot was added moves from the accumulators into a shadow register (a
    queue of :meth:`PEArray.credits` of them), while the next block accumulates; the queue's
@@ -30,35 +29,15 @@ are loaded from it, so ``o.ready`` itself drives only the queue's counter and it
 stage's check of its parameters).
 """
 
-from amaranth import ClockSignal, Const, Instance, Module, Mux, Signal, signed
+from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import registered_product
 from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, slot_layout
 
 __all__ = ["PEArray"]
-
-
-def _ecp5_product(m, a, b, name):
-    """The signed product ``a · b`` (at most 18 bits each) from a MULT18X18D with its input
-    and output registers in the ``sync`` domain: the product of the operands of cycle ``t`` is
-    on the returned 36-bit signal in cycle ``t+2``."""
-    p = Signal(signed(36), name=name)
-    ports = {"i_CLK0": ClockSignal("sync"), "i_CE0": Const(1), "i_RST0": Const(0),
-             "i_SIGNEDA": Const(1), "i_SIGNEDB": Const(1),
-             "i_SOURCEA": Const(0), "i_SOURCEB": Const(0)}
-    for n in range(18):
-        ports[f"i_A{n}"] = a[min(n, len(a) - 1)]      # sign-extended to 18 bits
-        ports[f"i_B{n}"] = b[min(n, len(b) - 1)]
-        ports[f"i_C{n}"] = Const(0)
-    for n in range(36):
-        ports[f"o_P{n}"] = p[n]
-    params = {f"p_REG_{reg}_{what}": f"{what}0" for reg in ("INPUTA", "INPUTB", "OUTPUT")
-              for what in ("CLK", "CE", "RST")}
-    m.submodules[name] = Instance("MULT18X18D", p_GSR="DISABLED", p_RESETMODE="SYNC",
-                                  **params, **ports)
-    return p
 
 
 class PEArray(wiring.Component):
@@ -90,7 +69,6 @@ class PEArray(wiring.Component):
         N = R * C
         Q = self.credits(cfg)
         m = Module()
-        ecp5 = getattr(platform, "family", None) == "ecp5"
 
         # The slot's control bits, carried along the stages.
         ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "zero": 1,
@@ -115,14 +93,8 @@ class PEArray(wiring.Component):
             for j in range(C):
                 k = r * C + j
                 a = act[r].word_select(j, cfg.act_bits).as_signed()
-                if ecp5:
-                    prod.append(_ecp5_product(m, a, s0_wgt[k], f"mul_{k}")
-                                [:2 * cfg.act_bits].as_signed())
-                else:
-                    p1 = Signal(signed(2 * cfg.act_bits), name=f"prod_{k}")
-                    p2 = Signal(signed(2 * cfg.act_bits), name=f"prod2_{k}")
-                    m.d.sync += [p1.eq(a * s0_wgt[k]), p2.eq(p1)]
-                    prod.append(p2)
+                prod.append(registered_product(m, a, s0_wgt[k], f"mul_{k}", platform)
+                            [:2 * cfg.act_bits].as_signed())
 
         # Stage 3: the accumulators add the products. Stage 4: a block whose last slot was
         # added in stage 3 moves from the accumulators into the shadow queue (shadow[0], its

@@ -1,4 +1,5 @@
-"""hw/arith.py: lut_mul is the product, and Yosys maps it to logic, not to a DSP block."""
+"""hw/arith.py: lut_mul is the product, and Yosys maps it to logic, not to a DSP block;
+registered_product is the product two cycles later, and a registered DSP block on ECP5."""
 
 import random
 import subprocess
@@ -6,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from amaranth import Module, Signal, signed
+from amaranth import Fragment, Module, Signal, signed
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.arith import lut_mul
+from hw.arith import lut_mul, registered_product
 
 
 @pytest.mark.parametrize("wa,wb", [(1, 1), (3, 7), (9, 4), (13, 13)])
@@ -84,3 +85,69 @@ def _ecp5_cells(component, tmp_path):
 def test_maps_to_logic_not_dsp(tmp_path):
     assert "MULT18X18D" in _ecp5_cells(_Product(use_lut=False), tmp_path)   # the control
     assert "MULT18X18D" not in _ecp5_cells(_Product(use_lut=True), tmp_path)
+
+
+@pytest.mark.parametrize("sa,sb", [((8, True), (8, True)), ((17, False), (17, False)),
+                                   ((16, False), (17, False)), ((18, True), (5, True))])
+def test_registered_product_two_cycles_later(sa, sb):
+    """Operands of cycle t, each taken as signed of its width, give their product in t+2."""
+    (wa, siga), (wb, sigb) = sa, sb
+    a = Signal(signed(wa) if siga else wa)
+    b = Signal(signed(wb) if sigb else wb)
+    m = Module()
+    p = registered_product(m, a, b, "p")
+    assert len(p) == 36
+
+    def as_signed(v, w):
+        return v - (1 << w) if v >> (w - 1) & 1 else v
+
+    rng = random.Random(wa * 100 + wb)
+    raw = [(0, 0), (2 ** (wa - 1), 2 ** wb - 1), (2 ** wa - 1, 2 ** (wb - 1))] + [
+        (rng.randrange(2 ** wa), rng.randrange(2 ** wb)) for _ in range(100)]
+
+    async def bench(ctx):
+        seen = []
+        for x, z in raw + [(0, 0)]:
+            ctx.set(a, as_signed(x, wa) if siga else x)
+            ctx.set(b, as_signed(z, wb) if sigb else z)
+            seen.append(as_signed(x, wa) * as_signed(z, wb))
+            await ctx.tick()
+            if len(seen) >= 2:      # two clock edges after the operands were set
+                assert ctx.get(p) == seen[-2], raw[len(seen) - 2]
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_registered_product_refuses_wide_operands():
+    m = Module()
+    with pytest.raises(ValueError, match="at most 18 bits"):
+        registered_product(m, Signal(19), Signal(4), "p")
+    fragment = Fragment.get(m, None)
+    assert not any(fragment.statements.values()) and not fragment.subfragments  # unchanged
+
+
+class _Ecp5:
+    family = "ecp5"
+
+
+class _Registered(wiring.Component):
+    a: In(8)
+    b: In(8)
+    y: Out(36)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.y.eq(registered_product(m, self.a, self.b, "mul", platform))
+        return m
+
+
+def test_registered_product_is_a_registered_mult18x18d_on_ecp5():
+    text = rtlil.convert(_Registered(), name="top", platform=_Ecp5())
+    assert "cell \\MULT18X18D" in text
+    for reg in ("INPUTA", "INPUTB", "OUTPUT"):
+        assert f'parameter \\REG_{reg}_CLK "CLK0"' in text, reg
+    # elsewhere no instance, the product in logic
+    assert "MULT18X18D" not in rtlil.convert(_Registered(), name="top")
