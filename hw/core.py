@@ -196,10 +196,13 @@ class Core(wiring.Component):
         cmd = Signal.like(self.cmd.payload)       # Q: the command
         k_valid = Signal()
         k_cmd = Signal.like(cmd)                  # K: the command, checked in Q
-        k_refused = Signal()                      # K: erroneous whether busy or not
+        k_refused = Signal()                      # K: erroneous whether busy or not, but
+                                                  # for bits beyond the region's width
+        k_bad = Signal()                          # K: erroneous whether busy or not
         k_idle = Signal()                         # K: erroneous while busy
         d_valid = Signal()
-        d_cmd = Signal.like(cmd)                  # D: the command, decoded below
+        d_cmd = Signal.like(cmd, attrs=KEEP)      # D: the command, decoded below (not merged
+                                                  # into the memories' copies of it, d_at)
         d_refused = Signal()                      # D: erroneous whether busy or not
         d_idle = Signal()                         # D: erroneous while busy
         e_valid = Signal()
@@ -227,7 +230,7 @@ class Core(wiring.Component):
         m.d.sync += [q_valid.eq(take_cmd), cmd.eq(self.cmd.payload),
                      k_valid.eq(q_valid), k_cmd.eq(cmd),
                      d_valid.eq(k_valid), d_cmd.eq(k_cmd),
-                     d_refused.eq(k_refused), d_idle.eq(k_idle),
+                     d_refused.eq(k_bad), d_idle.eq(k_idle),
                      e_valid.eq(d_valid), e_region.eq(d_cmd.region),
                      e_read.eq(~d_cmd.write), e_error.eq(d_bad),
                      f_valid.eq(e_valid), f_region.eq(e_region),
@@ -239,25 +242,23 @@ class Core(wiring.Component):
             for region, (_, depth) in regions.items():
                 with m.Case(region):
                     m.d.comb += in_range.eq(cmd.index < depth)
-        refused = Signal()
-        m.d.comb += refused.eq(~in_range
-                               | (cmd.write & (cmd.region == Region.COUNT))
-                               | (cmd.write & (cmd.region == Region.CTRL) & (cmd.index != 0)))
-        # A word with bits beyond its region's width is refused too. Whether it has them is
-        # registered with the command, per width (an OR over up to 256 bits of the data word,
-        # which fans out to every memory).
+        m.d.sync += [k_refused.eq(~in_range
+                                  | (cmd.write & (cmd.region == Region.COUNT))
+                                  | (cmd.write & (cmd.region == Region.CTRL) & (cmd.index != 0))),
+                     k_idle.eq((cmd.region < Region.COUNT)
+                               | (cmd.write & (cmd.region == Region.CTRL)))]
+        # K: a word with bits beyond its region's width is refused too. Whether it has them
+        # (an OR over up to 64 bits of the data word) is worked out in Q per width.
         widths = sorted({w for w, _ in regions.values() if w < len(cmd.data)})
-        beyond = Signal(len(widths))
-        m.d.sync += [beyond[n].eq(self.cmd.payload.data[w:] != 0) for n, w in enumerate(widths)]
-        with m.Switch(cmd.region):
+        k_beyond = Signal(len(widths))
+        m.d.sync += [k_beyond[n].eq(cmd.data[w:] != 0) for n, w in enumerate(widths)]
+        m.d.comb += k_bad.eq(k_refused)
+        with m.Switch(k_cmd.region):
             for region, (width, _) in regions.items():
                 if width < len(cmd.data):
                     with m.Case(region):
-                        with m.If(cmd.write & beyond[widths.index(width)]):
-                            m.d.comb += refused.eq(1)
-        m.d.sync += [k_refused.eq(refused),
-                     k_idle.eq((cmd.region < Region.COUNT)
-                               | (cmd.write & (cmd.region == Region.CTRL)))]
+                        with m.If(k_cmd.write & k_beyond[widths.index(width)]):
+                            m.d.comb += k_bad.eq(1)
 
         def lane(index, banks):
             """(bank, in-bank address) of a host index in a banked region."""
@@ -280,15 +281,18 @@ class Core(wiring.Component):
             write to this memory, and (its own copy of) whether K holds an acceptable write;
             it only still needs the check against ``busy`` (``port``'s copy)."""
             lanes_ = Signal(width, name=f"d_{name}")
-            ok, = copies(m, k_valid & k_cmd.write & ~k_refused, 1, f"d_{name}_ok")
+            ok, = copies(m, k_valid & k_cmd.write & ~k_bad, 1, f"d_{name}_ok")
             m.d.sync += lanes_.eq(value)
             return Mux(ok & ~busy_at[port], lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
-        hb, ha = lane(d_cmd.index, NB)
+        # In D each bank of a buffer and each weight bank has its own copy of the command's
+        # index and data word, next to its block RAMs (hw/fanout.py); the rest use d_cmd.
+        dw = min(len(cmd.data), max(8 * C, layout.CHUNK_BITS))
+        d_at = {key: (reg[:len(cmd.index)], reg[len(cmd.index):])
+                for key, reg in zip(port_keys[:-1], copies(m, Cat(k_cmd.index, k_cmd.data[:dw]),
+                                                           len(port_keys) - 1, "d_at"))}
         k_hb, _ = lane(k_cmd.index, NB)
-        wrow, _, wword = chunk(d_cmd.index, d_cmd.data, Region.WEIGHT)
-        wb, wa = lane(wrow, C)
         k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
         k_wb, _ = lane(k_wrow, C)
         prow, _, pword = chunk(d_cmd.index, d_cmd.data, Region.PARAM)
@@ -302,18 +306,22 @@ class Core(wiring.Component):
                 flag_en = strobe(f"flag{buf}_{b}", 1,
                                  (k_hb == b) & (k_cmd.region == Region.FLAG0 + buf),
                                  ("act", buf, b))
+                _, ha = lane(d_at["act", buf, b][0], NB)
+                d_data = d_at["act", buf, b][1]
                 with m.If(~busy_at["act", buf, b]):
                     m.d.comb += [
                         act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
                         act_r[buf][b].en.eq(1), flag_r[buf][b][0].en.eq(1),
-                        act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(d_cmd.data),
-                        flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(d_cmd.data),
+                        act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(d_data),
+                        flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(d_data),
                         act_w[buf][b].en.eq(act_en), flag_w[buf][b].en.eq(flag_en),
                     ]
         for j in range(C):
             wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
                             Mux((k_wb == j) & (k_cmd.region == Region.WEIGHT), k_wlanes, 0),
                             ("wgt", j))
+            wrow, _, wword = chunk(*d_at["wgt", j], Region.WEIGHT)
+            _, wa = lane(wrow, C)
             with m.If(~busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(1), wgt_w[j].addr.eq(wa),
                              wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
@@ -333,7 +341,6 @@ class Core(wiring.Component):
                                 Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
             count_r.addr.eq(d_cmd.index), count_r.en.eq(1),
         ]
-
         # E: each region's word at the command's index, registered in F; F selects the command's
         # region. The regions that select a word by the index have a copy of it each, next to
         # their memories.
