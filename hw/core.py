@@ -25,6 +25,9 @@ from .tags import descriptor_layout
 
 __all__ = ["Core", "bus_layouts", "YOSYS_NO_COLLISIONS"]
 
+#: Host words per parameter memory: 288 bits, eight 36-bit block RAMs on ECP5.
+PARAM_LANES = 9
+
 #: Yosys command for a design holding the core, run after reading it: the read data of a
 #: core memory's read port is never used in a cycle in which the memory's write port writes.
 #: The host's accesses and the compute pipeline's never overlap (``busy`` switches every
@@ -157,7 +160,12 @@ class Core(wiring.Component):
         wgt = [memory(f"wgt_{j}", chunked[Region.WEIGHT], cfg.weight_words // C)
                for j in range(C)]
         mask = memory("mask", cfg.group_bits, cfg.mask_words)
-        param = memory("param", chunked[Region.PARAM], cfg.param_words)
+        # The parameter rows (R·53 bits) are split into memories of PARAM_LANES host words
+        # each, so that each has its own address register next to its block RAMs.
+        pgroups = [range(g, min(g + PARAM_LANES, lanes[Region.PARAM]))
+                   for g in range(0, lanes[Region.PARAM], PARAM_LANES)]
+        params = [memory(f"param_{n}", len(g) * layout.CHUNK_BITS, cfg.param_words)
+                  for n, g in enumerate(pgroups)]
         desc_mem = memory("desc", chunked[Region.DESC], cfg.max_layers)
         count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
 
@@ -171,7 +179,10 @@ class Core(wiring.Component):
 
         wgt_w = [chunk_port(mem, Region.WEIGHT) for mem in wgt]
         mask_r, mask_w = mask.read_port(), mask.write_port()
-        param_r, param_w = param.read_port(), chunk_port(param, Region.PARAM)
+        param_r = [mem.read_port() for mem in params]
+        param_w = [mem.write_port(granularity=layout.CHUNK_BITS if len(g) > 1 else None)
+                   for mem, g in zip(params, pgroups)]
+        param_data = Cat(port.data for port in param_r)
         desc_r, desc_w = desc_mem.read_port(), chunk_port(desc_mem, Region.DESC)
         count_r, count_w = count.read_port(), count.write_port()
 
@@ -295,8 +306,7 @@ class Core(wiring.Component):
         k_hb, _ = lane(k_cmd.index, NB)
         k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
         k_wb, _ = lane(k_wrow, C)
-        prow, _, pword = chunk(d_cmd.index, d_cmd.data, Region.PARAM)
-        _, k_planes, _ = chunk(k_cmd.index, k_cmd.data, Region.PARAM)
+        k_prow, k_planes, _ = chunk(k_cmd.index, k_cmd.data, Region.PARAM)
         drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
         _, k_dlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.DESC)
         for buf in range(2):
@@ -327,20 +337,34 @@ class Core(wiring.Component):
                              wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
         with m.If(~busy_at["misc"]):
             m.d.comb += [
-                mask_r.addr.eq(d_cmd.index), param_r.addr.eq(prow), desc_r.addr.eq(drow),
-                mask_r.en.eq(1), param_r.en.eq(1), desc_r.en.eq(1),
+                mask_r.addr.eq(d_cmd.index), desc_r.addr.eq(drow),
+                mask_r.en.eq(1), desc_r.en.eq(1),
             ]
         m.d.comb += [
             mask_w.addr.eq(d_cmd.index), mask_w.data.eq(d_cmd.data),
             mask_w.en.eq(strobe("mask", 1, k_cmd.region == Region.MASK)),
-            param_w.addr.eq(prow), param_w.data.eq(pword),
-            param_w.en.eq(strobe("param", lanes[Region.PARAM],
-                                 Mux(k_cmd.region == Region.PARAM, k_planes, 0))),
             desc_w.addr.eq(drow), desc_w.data.eq(dword),
             desc_w.en.eq(strobe("desc", lanes[Region.DESC],
                                 Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
             count_r.addr.eq(d_cmd.index), count_r.en.eq(1),
         ]
+        # Each parameter memory has a register of its own for its address (read and write:
+        # the output stage's param_addr while busy, the host's row while idle) and for the
+        # host's data word. They take the next values: the read port keeps its latency.
+        p_addr_next = Signal(range(cfg.param_words))
+        m.d.comb += p_addr_next.eq(Mux(busy_next, out.param_addr_next, k_prow))
+        p_addr = copies(m, p_addr_next, len(pgroups), "param_addr")
+        p_word = copies(m, k_cmd.data[:layout.CHUNK_BITS], len(pgroups), "param_word")
+        p_en = strobe("param", lanes[Region.PARAM],
+                      Mux(k_cmd.region == Region.PARAM, k_planes, 0))
+        p_bits = Const((1 << rows[Region.PARAM][0]) - 1, chunked[Region.PARAM])
+        for n, g in enumerate(pgroups):
+            lo, hi = g.start * layout.CHUNK_BITS, g.stop * layout.CHUNK_BITS
+            m.d.comb += [param_r[n].addr.eq(p_addr[n]), param_r[n].en.eq(1),
+                         param_w[n].addr.eq(p_addr[n]),
+                         param_w[n].data.eq(Cat(*[p_word[n]] * len(g)) & p_bits[lo:hi]),
+                         param_w[n].en.eq(p_en[g.start:g.stop])]
+
         # E: each region's word at the command's index, registered in F; F selects the command's
         # region. The regions that select a word by the index have a copy of it each, next to
         # their memories.
@@ -383,7 +407,7 @@ class Core(wiring.Component):
         wsel, wk = lane_index(Region.WEIGHT)
         rwb, _ = lane(e_index[Region.WEIGHT][wk:], C)
         psel, _ = lane_index(Region.PARAM)
-        p_lanes = lanes_of(param_r.data, Region.PARAM)
+        p_lanes = lanes_of(param_data, Region.PARAM)
         f_late = {
             Region.WEIGHT: staged([lanes_of(wgt_r[j].data, Region.WEIGHT) for j in range(C)],
                                   wsel, rwb, "e_wgt"),
@@ -439,7 +463,7 @@ class Core(wiring.Component):
             m.d.sync += blocks_out.eq(blocks_out + 1)
 
         self._connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w,
-                              flag_r, flag_w, wgt_r, mask_r, param_r)
+                              flag_r, flag_w, wgt_r, mask_r, param_data)
         with m.If(Cat(lane.en for lane in out.wr).any()):
             m.d.sync += last_write.eq(busy_time + 1)
 
@@ -493,7 +517,7 @@ class Core(wiring.Component):
 
     @staticmethod
     def _connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w, flag_r,
-                         flag_w, wgt_r, mask_r, param_r):
+                         flag_w, wgt_r, mask_r, param_data):
         """While a run is in progress (each port: its copy of busy) the loader reads the input
         buffer, the output stage writes the other one, and their counter increments feed the
         layer's counters."""
@@ -535,8 +559,7 @@ class Core(wiring.Component):
                 m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
                              wgt_r[j].en.eq(loader.wgt_en[j])]
         with m.If(busy_at["misc"]):
-            m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en),
-                         param_r.addr.eq(out.param_addr)]
+            m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en)]
         for b in range(NB):
             m.d.comb += loader.act_data[b].eq(Mux(in_buf_at[b], act_r[1][b].data,
                                                   act_r[0][b].data))
@@ -546,7 +569,7 @@ class Core(wiring.Component):
         for j in range(C):
             m.d.comb += loader.wgt_data[j].eq(wgt_r[j].data)
         m.d.comb += [
-            loader.mask_data.eq(mask_r.data), out.param_data.eq(param_r.data),
+            loader.mask_data.eq(mask_r.data), out.param_data.eq(param_data),
             counters["issue_slots"].inc.eq(loader.issue_slots),
             counters["issue_slots_skipped"].inc.eq(loader.issue_slots_skipped),
             counters["act_bytes_read"].inc.eq(loader.act_bytes_read),

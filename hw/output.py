@@ -29,7 +29,8 @@ Ports
     over many block RAMs): in cycle ``t`` it is ``desc.pbase + cog`` with the ``cog`` of the
     block on ``i`` in cycle ``t−1`` or, while there was none, of the layer's previous block
     (0 before its first). A block waits three cycles for its parameters only when its ``cog``
-    differs from the previous block's.
+    differs from the previous block's. ``param_addr_next`` is the value ``param_addr`` takes in
+    the next cycle (for copies of it next to the memory's block RAMs).
 ``wr[w]`` for ``w < OW``: ``en``, ``index``, ``data``, ``flag``
     Registered write lanes; the lanes enabled in one cycle address distinct banks. A word is
     written exactly once; ``flag`` is the tile's flag bit (its data is then all zeros).
@@ -102,6 +103,7 @@ class OutputStage(wiring.Component):
             "epsilon": In(8),
             "start": In(1),
             "param_addr": Out(config.param_words.bit_length()),
+            "param_addr_next": Out(config.param_words.bit_length()),
             "param_data": In(param_layout(config)),
             "wr": Out(write_lane_signature(config)).array(OW),
             "flagged": Out(range(OW + 1)),
@@ -136,7 +138,8 @@ class OutputStage(wiring.Component):
         paddr_ok = Signal(3)                        # shift register: all ones 3 cycles after start
         pd = Signal.like(self.param_data)
         m.d.comb += want.eq(Mux(i.valid, i.payload.tag.cog, cog_q))
-        m.d.sync += [self.param_addr.eq(desc.pbase + want), addr_cog.eq(want),
+        m.d.comb += self.param_addr_next.eq(desc.pbase + want)
+        m.d.sync += [self.param_addr.eq(self.param_addr_next), addr_cog.eq(want),
                      data_cog.eq(addr_cog), addr_pbase.eq(desc.pbase),
                      data_pbase.eq(addr_pbase),
                      paddr_ok.eq(Cat(1, paddr_ok[:2])), pd.eq(self.param_data)]
