@@ -370,26 +370,30 @@ class Core(wiring.Component):
         # their memories.
         rdata = Signal.like(self.rsp.payload.data)
         info = [HW_VERSION] + layout.config_words(cfg)
-        selecting = (Region.WEIGHT, Region.PARAM, Region.DESC, Region.CTRL,
-                     Region.ACT0, Region.ACT1, Region.FLAG0, Region.FLAG1)
+        selecting = (Region.DESC, Region.CTRL, Region.ACT0, Region.ACT1, Region.FLAG0,
+                     Region.FLAG1)
         e_index = dict(zip(selecting, copies(m, d_cmd.index, len(selecting), "e_index")))
 
         def select(index, words):
-            """``words[index]``, 0 past the end."""
+            """``words[index]`` (``words`` a list or a dict), 0 past the end."""
             word = Signal.like(rdata)
             with m.Switch(index):
-                for n, value in enumerate(words):
+                for n, value in (words.items() if isinstance(words, dict) else enumerate(words)):
                     with m.Case(n):
                         m.d.comb += word.eq(value)
             return word
 
-        def staged(groups, lo, hi, name):
-            """The word ``groups[hi][lo]`` (0 past the ends) in two steps, for the regions whose
-            rows span many block RAMs: E registers each group's word at ``lo``, next to the
-            group's memories; F selects the group (an F-stage value)."""
+        def staged(groups, lo_hi, name):
+            """The word at the command's index in two steps, for the regions whose rows span
+            many block RAMs: E registers each group's word (``groups[g]``: {lo: word}), next to
+            the group's memories and from a copy of the index of its own; F selects the group.
+            ``lo_hi(index)`` is the (lo, hi) of an index."""
+            index = copies(m, d_cmd.index, len(groups) + 1, f"{name}_index")
             regs = [Signal.like(rdata, name=f"{name}_g{g}") for g in range(len(groups))]
+            m.d.sync += [reg.eq(select(lo_hi(i)[0], words))
+                         for reg, words, i in zip(regs, groups, index)]
+            hi = lo_hi(index[-1])[1]
             f_hi = Signal.like(hi, name=f"{name}_hi")
-            m.d.sync += [reg.eq(select(lo, words)) for reg, words in zip(regs, groups)]
             m.d.sync += f_hi.eq(hi)
             return select(f_hi, regs)
 
@@ -397,26 +401,32 @@ class Core(wiring.Component):
             """The host words of a row of a CHUNKED region."""
             return [row.word_select(i, layout.CHUNK_BITS) for i in range(lanes[region])]
 
-        def lane_index(region):
-            """(the lane the index selects in a row of a CHUNKED region, its width)."""
+        def lane_of(index, region):
+            """The lane an index selects in a row of a CHUNKED region, and the row."""
             k = layout.chunk_shift(rows[region][0])
-            return (e_index[region][:k] if k else Const(0)), k
+            return (index[:k] if k else Const(0)), index[k:]
 
-        # F-stage words: the weight banks (a word per bank in E), the parameter row's lanes (a
-        # word per group of 4 in E)
-        wsel, wk = lane_index(Region.WEIGHT)
-        rwb, _ = lane(e_index[Region.WEIGHT][wk:], C)
-        psel, _ = lane_index(Region.PARAM)
+        # F-stage words: the weight banks (each bank's word in E), the parameter memories (each
+        # memory's word in E).
+        def wgt_lo_hi(index):
+            sel, row = lane_of(index, Region.WEIGHT)
+            return sel, lane(row, C)[0]
+
+        def param_lo_hi(index):
+            sel, _ = lane_of(index, Region.PARAM)
+            return sel, sum((sel >= g.start for g in pgroups[1:]), Const(0, 1))
+
         p_lanes = lanes_of(param_data, Region.PARAM)
         f_late = {
-            Region.WEIGHT: staged([lanes_of(wgt_r[j].data, Region.WEIGHT) for j in range(C)],
-                                  wsel, rwb, "e_wgt"),
-            Region.PARAM: staged([p_lanes[g:g + 4] for g in range(0, len(p_lanes), 4)],
-                                 psel[:2], psel[2:] if len(psel) > 2 else Const(0), "e_param"),
+            Region.WEIGHT: staged([dict(enumerate(lanes_of(wgt_r[j].data, Region.WEIGHT)))
+                                   for j in range(C)], wgt_lo_hi, "e_wgt"),
+            Region.PARAM: staged([{n: p_lanes[n] for n in g} for g in pgroups], param_lo_hi,
+                                 "e_param"),
         }
         candidates = {
             Region.MASK: mask_r.data,
-            Region.DESC: select(lane_index(Region.DESC)[0], lanes_of(desc_r.data, Region.DESC)),
+            Region.DESC: select(lane_of(e_index[Region.DESC], Region.DESC)[0],
+                                lanes_of(desc_r.data, Region.DESC)),
             Region.COUNT: count_r.data,
             Region.CTRL: select(e_index[Region.CTRL],
                                 [Cat(busy, done, error, Const(0, 5), run_cycles)] + info),
