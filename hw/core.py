@@ -461,23 +461,26 @@ class Core(wiring.Component):
             m.submodules[f"count_{name}"] = counter
         busy_time = Signal(COUNTER_BITS)     # cycles since the layer started
         last_write = Signal(COUNTER_BITS)    # busy_time just after the layer's latest write
-        blocks_in = Signal(COUNTER_BITS)
-        blocks_out = Signal(COUNTER_BITS)
+        # Blocks the PE array got (their last slot) and the output stage has not yet taken: at
+        # most the loader's credits.
+        blocks = Signal(range(PEArray.credits(cfg) + 1))
         store = Signal(range(len(COUNTERS) + 1))
 
         with m.If(busy):
             m.d.sync += run_cycles.eq(run_cycles + 1)
-        with m.If(pe.i.valid & pe.i.payload.last):
-            m.d.sync += blocks_in.eq(blocks_in + 1)
-        with m.If(out.i.valid & out.i.ready):
-            m.d.sync += blocks_out.eq(blocks_out + 1)
+        m.d.sync += blocks.eq(blocks + (pe.i.valid & pe.i.payload.last)
+                              - (out.i.valid & out.i.ready))
 
         self._connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w,
                               flag_r, flag_w, wgt_r, mask_r, param_data)
         with m.If(Cat(lane.en for lane in out.wr).any()):
             m.d.sync += last_write.eq(busy_time + 1)
 
-        with m.FSM():
+        # The layer has drained: a register, high from the second cycle on in which the loader
+        # is done, every block the PE array got has been taken by the output stage and nothing
+        # is in flight (it stays so until the next layer starts).
+        drained = Signal()
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(run):
                     m.d.sync += [n_layers.eq(run_word.layers), skip.eq(run_word.skip),
@@ -496,7 +499,7 @@ class Core(wiring.Component):
             with m.State("DECODE"):
                 m.d.comb += out.start.eq(1)
                 m.d.sync += [desc.eq(desc_r.data), in_buf.eq(layer[0]), busy_time.eq(0),
-                             last_write.eq(0), blocks_in.eq(0), blocks_out.eq(0)]
+                             last_write.eq(0)]
                 m.d.comb += [c.clear.eq(1) for c in counters.values()]
                 m.next = "CHECK"
             with m.State("CHECK"):
@@ -509,8 +512,7 @@ class Core(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.sync += busy_time.eq(busy_time + 1)
-                with m.If(loader.done & (blocks_out == blocks_in) & out.idle
-                          & ~pe.o.valid & ~(pe.i.valid)):
+                with m.If(drained):
                     m.d.sync += store.eq(0)
                     m.next = "STORE"
             with m.State("STORE"):
@@ -523,6 +525,8 @@ class Core(wiring.Component):
                 with m.If(store == len(COUNTERS) - 1):
                     m.d.sync += layer.eq(layer + 1)
                     m.next = "LOAD"
+        m.d.sync += drained.eq(fsm.ongoing("RUN") & loader.done & (blocks == 0) & out.idle
+                               & ~pe.o.valid & ~pe.i.valid)
         return m
 
     @staticmethod
