@@ -61,7 +61,7 @@ from amaranth.lib.wiring import In, Out
 
 from sw.config import ConfigError
 
-from .arith import registered_product
+from .arith import lut_mul, registered_product
 from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
@@ -212,6 +212,24 @@ class OutputStage(wiring.Component):
             for j in range(1, C):
                 m.d.sync += x2[w][j].eq(x1[w][j])
 
+        pool, hwc = desc.pool, desc.out_hwc
+        aw = max(index_width(cfg), len(desc.out_s)) + 8
+        cow = len(desc.out_c) + R.bit_length() + 1
+        # Stage A: the block's output row and first column, cog·R (from s2's tag).
+        a_row = Signal.like(s2.tag.y)
+        a_col0 = Signal(len(s2.tag.xg) + C.bit_length())
+        a_cogr = Signal(aw)
+        m.d.sync += [a_row.eq(Mux(pool, s2.tag.y >> 1, s2.tag.y)),
+                     a_col0.eq(Mux(pool, s2.tag.xg * H, s2.tag.xg * C)),
+                     a_cogr.eq(lut_mul(s2.tag.cog, R))]
+        # Stage B: row·out_p, cog·R·out_s, row·out_w, col0·out_q, the columns left from col0.
+        b_rowp, b_cogs, b_roww, b_col0q = (Signal(aw, name=f"b_{n}")
+                                           for n in ("rowp", "cogs", "roww", "col0q"))
+        b_ncols = Signal(signed(max(len(desc.out_w), len(desc.conv_w), len(a_col0)) + 2))
+        m.d.sync += [b_rowp.eq(lut_mul(a_row, desc.out_p)), b_cogs.eq(lut_mul(a_cogr, desc.out_s)),
+                     b_roww.eq(lut_mul(a_row, desc.out_w)), b_col0q.eq(lut_mul(a_col0, desc.out_q)),
+                     b_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - a_col0)]
+
         # Stages A and B: add the bias, multiply. The 32 × 16-bit product x·m is two products
         # of at most 18 × 18 bits, x_lo·m and x_hi·m (x = x_hi·2¹⁶ + x_lo, x_lo unsigned), each
         # from registered_product: its operand registers are stage A's, its product registers
@@ -232,11 +250,10 @@ class OutputStage(wiring.Component):
                 b_hi[w][j] = registered_product(m, x[16:], mult,
                                                 f"mul_hi_{w}_{j}", platform)[:32].as_signed()
 
-        # The geometry of a block's words is worked out from its tag in stages C and D1, so that
-        # the hand-off below only copies registers (done_geo).
-        pool, hwc = desc.pool, desc.out_hwc
-        aw = max(index_width(cfg), len(desc.out_s)) + 8
-        cow = len(desc.out_c) + R.bit_length() + 1
+        # The geometry of a block's words: worked out from its tag in stages A to D1, at most
+        # one small product per stage (in logic, hw.arith.lut_mul), so that the hand-off below
+        # only copies registers (done_geo). The word address a0 of the first word is, in CHW,
+        # cog·R·out_s + row·out_p + xw, in HWC (row·out_w + col0)·out_q + cog·KB.
         geo = data.StructLayout({
             "pair": 1,          # first block of a pool pair: to pbuf
             "hold": 1,          # pooled CHW row, even xg (not the last): to hold
@@ -248,20 +265,16 @@ class OutputStage(wiring.Component):
                                 # pixel (else no word is written)
         })
 
-        # Stage C: add the rounding constant; products of the block's geometry.
+        # Stage C: add the rounding constant; CHW: cog·R·out_s + row·out_p; HWC: row·out_w·out_q
+        # and col0·out_q + cog·KB.
         sc = Signal(stage)
         c_t = [[Signal(signed(50), name=f"c_t_{w}_{j}") for j in range(C)] for w in range(OW)]
         c_s = [Signal(5, name=f"c_s_{w}") for w in range(OW)]
-        c_rowp = Signal(aw)             # CHW: row · out_p
-        c_cogs = Signal(aw)             # CHW: cog · R · out_s
-        c_pix = Signal(aw)              # HWC: pixel index of the first column
-        c_ncols = Signal(signed(len(desc.out_w) + len(sb.tag.xg) + C.bit_length() + 2))
-        row = Mux(pool, sb.tag.y >> 1, sb.tag.y)
-        col0 = Mux(pool, sb.tag.xg * H, sb.tag.xg * C)
-        m.d.sync += [sc.eq(sb),
-                     c_rowp.eq(row * desc.out_p), c_cogs.eq(sb.tag.cog * R * desc.out_s),
-                     c_pix.eq(row * desc.out_w + col0),
-                     c_ncols.eq(Mux(pool, desc.out_w, desc.conv_w) - col0)]
+        c_chw, c_rowq, c_colq = (Signal(aw, name=f"c_{n}") for n in ("chw", "rowq", "colq"))
+        c_ncols = Signal.like(b_ncols)
+        m.d.sync += [sc.eq(sb), c_chw.eq(b_cogs + b_rowp),
+                     c_rowq.eq(lut_mul(b_roww, desc.out_q)),
+                     c_colq.eq(b_col0q + lut_mul(sb.tag.cog, KB)), c_ncols.eq(b_ncols)]
         for w in range(OW):
             rnd = (Const(1, 33) << b_s[w])[1:33]
             m.d.sync += c_s[w].eq(b_s[w])
@@ -283,12 +296,12 @@ class OutputStage(wiring.Component):
                      d_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0] & (ct.xg != desc.xgs - 1)),
                      d_geo.odd.eq(~hwc & ct.xg[0])]
         with m.If(~hwc):
-            m.d.sync += [d_geo.a0.eq(c_cogs + c_rowp + xw), d_geo.co.eq(ct.cog * R),
+            m.d.sync += [d_geo.a0.eq(c_chw + xw), d_geo.co.eq(ct.cog * R),
                          d_geo.J.eq(1)]
             for jj in range(C):
                 m.d.sync += d_geo.mask[jj].eq(xw * C + jj < Mux(pool, desc.out_w, desc.conv_w))
         with m.Else():
-            m.d.sync += [d_geo.a0.eq(c_pix * desc.out_q + ct.cog * KB),
+            m.d.sync += [d_geo.a0.eq(c_rowq + c_colq),
                          d_geo.co.eq(ct.cog * KB),
                          d_geo.mask.eq(Mux(c_ncols > 0, -1, 0))]
             with m.If(c_ncols >= cc):
