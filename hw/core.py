@@ -128,6 +128,8 @@ class Core(wiring.Component):
         skip = Signal()
         epsilon = Signal(8)
         desc = Signal(descriptor_layout(cfg))
+        # The output stage's own copy of the descriptor (its fields fan out to much of it).
+        out_desc = Signal(descriptor_layout(cfg), attrs=KEEP)
         in_buf = Signal()          # the buffer the current layer reads
         # busy switches every memory port between the host and the compute pipeline: each
         # bank and memory has a copy of it (hw/fanout.py), taken from busy's next value.
@@ -137,7 +139,7 @@ class Core(wiring.Component):
         m.d.comb += [
             self.busy.eq(busy),
             loader.desc.eq(desc), loader.skip.eq(skip),
-            out.desc.eq(desc), out.epsilon.eq(epsilon),
+            out.desc.eq(out_desc), out.epsilon.eq(epsilon),
         ]
 
         # -- memories -----------------------------------------------------------------------
@@ -498,7 +500,8 @@ class Core(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += out.start.eq(1)
-                m.d.sync += [desc.eq(desc_r.data), in_buf.eq(layer[0]), busy_time.eq(0),
+                m.d.sync += [desc.eq(desc_r.data), out_desc.eq(desc_r.data),
+                             in_buf.eq(layer[0]), busy_time.eq(0),
                              last_write.eq(0)]
                 m.d.comb += [c.clear.eq(1) for c in counters.values()]
                 m.next = "CHECK"
