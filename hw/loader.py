@@ -90,6 +90,7 @@ bytes one cycle after the words are fetched (R).
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from sw.layout import KIND_FC
@@ -257,7 +258,13 @@ class Loader(wiring.Component):
             "rowv": KM, "colv": KM * C, "used": KM * NB,
             "wb": wt + 1,
         })
-        ents = [Signal(E, name=f"ent{i}") for i in range(D)]
+        # The entries are a memory read asynchronously (LUT RAM on ECP5: one write enable
+        # instead of one per entry, and no wide multiplexer after them); their `last` bits,
+        # which a seal sets after the push, are registers.
+        m.submodules.fifo = fifo = Memory(shape=E, depth=D, init=[])
+        fifo_w, fifo_r = fifo.write_port(), fifo.read_port(domain="comb")
+        lasts = Signal(D)
+        wtail = Signal(range(D))                # the tail entry (the last one pushed)
         wptr = Signal(range(D))
         rptr = Signal(range(D))
         level = Signal(range(D + 1))
@@ -513,11 +520,11 @@ class Loader(wiring.Component):
                     m.d.comb += [push.eq(1), push_e.zero.eq(1)]
 
         # FIFO bookkeeping
-        for i in range(D):
-            with m.If(push & (wptr == i)):
-                m.d.sync += ents[i].eq(push_e)
-            with m.If(seal & (wptr == (i + 1) % D)):
-                m.d.sync += ents[i].last.eq(1)
+        m.d.comb += [fifo_w.addr.eq(wptr), fifo_w.data.eq(push_e), fifo_w.en.eq(push)]
+        with m.If(push):
+            m.d.sync += [lasts.bit_select(wptr, 1).eq(push_e.last), wtail.eq(wptr)]
+        with m.If(seal):
+            m.d.sync += lasts.bit_select(wtail, 1).eq(1)
         with m.If(push):
             m.d.sync += wptr.eq(Mux(wptr == D - 1, 0, wptr + 1))
         with m.If(pop):
@@ -527,10 +534,8 @@ class Loader(wiring.Component):
 
         # ==== issue ============================================================================
         head = Signal(E)
-        with m.Switch(rptr):
-            for i in range(D):
-                with m.Case(i):
-                    m.d.comb += head.eq(ents[i])
+        m.d.comb += [fifo_r.addr.eq(rptr), head.eq(fifo_r.data),
+                     head.last.eq(lasts.bit_select(rptr, 1))]
         done_bits = Signal(G)
         started = Signal()
         rem = Signal(G)
