@@ -292,11 +292,12 @@ class Core(wiring.Component):
         def strobe(name, width, value, port="misc"):
             """A write strobe of the command in K, registered into D: the lanes ``value`` of a
             write to this memory, and (its own copy of) whether K holds an acceptable write;
-            it only still needs the check against ``busy`` (``port``'s copy)."""
+            it only still needs the check against ``busy`` (``port``'s copy; none if ``port`` is
+            None)."""
             lanes_ = Signal(width, name=f"d_{name}")
             ok, = copies(m, k_valid & k_cmd.write & ~k_bad, 1, f"d_{name}_ok")
             m.d.sync += lanes_.eq(value)
-            return Mux(ok & ~busy_at[port], lanes_, 0)
+            return Mux(ok & (~busy_at[port] if port else 1), lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
         # In D each bank of a buffer and each weight bank has its own copy of the command's
@@ -456,7 +457,9 @@ class Core(wiring.Component):
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()
         run_word = data.View(data.StructLayout(dict(layout.RUN_FIELDS)), d_cmd.data[:17])
-        m.d.comb += run.eq(strobe("run", 1, k_cmd.region == Region.CTRL))
+        # No check against busy: the sequencer looks at run only while idle, when busy is low
+        # (a run while busy is refused, d_bad), so busy's next value does not depend on busy.
+        m.d.comb += run.eq(strobe("run", 1, k_cmd.region == Region.CTRL, port=None))
 
         counters = {name: _Counter() for name in COUNTERS if name != "busy_cycles"}
         for name, counter in counters.items():
@@ -499,7 +502,6 @@ class Core(wiring.Component):
                     m.d.comb += desc_r.addr.eq(layer)
                     m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.comb += out.start.eq(1)
                 m.d.sync += [desc.eq(desc_r.data), out_desc.eq(desc_r.data),
                              in_buf.eq(layer[0]), busy_time.eq(0),
                              last_write.eq(0)]
@@ -528,6 +530,10 @@ class Core(wiring.Component):
                 with m.If(store == len(COUNTERS) - 1):
                     m.d.sync += layer.eq(layer + 1)
                     m.next = "LOAD"
+        # The output stage's start: a register, high in CHECK (desc is the new layer's then).
+        out_start = Signal()
+        m.d.sync += out_start.eq(fsm.ongoing("DECODE"))
+        m.d.comb += out.start.eq(out_start)
         m.d.sync += drained.eq(fsm.ongoing("RUN") & loader.done & (blocks == 0) & out.idle
                                & ~pe.o.valid & ~pe.i.valid)
         return m
