@@ -365,15 +365,15 @@ class OutputStage(wiring.Component):
 
         # Writer registers.
         w_hwc = Signal()
-        w_u = Signal(range(max(U, 2)))
-        # w_u and w_j select among all R·C bytes of wbuf: each lane c's bytes get a copy of them.
-        # The copies count along with w_u and w_j, each from its own value, so Yosys cannot
-        # merge them (hw/fanout.py).
-        w_uc = [Signal.like(w_u, name=f"w_u_c{c}") for c in range(C)]
+        # The step u within a column and the column j select among all R·C bytes of wbuf: each
+        # lane c's bytes get copies of them, w_uc[c] and w_jc[c], which count each from its own
+        # value, so Yosys cannot merge them (hw/fanout.py). w_ul and w_jl count the steps and
+        # columns still to come down to 0, so that the writer's control tests them for zero.
+        w_uc = [Signal(range(max(U, 2)), name=f"w_u_c{c}") for c in range(C)]
         w_jc = [Signal(range(C), name=f"w_j_c{c}") for c in range(C)]
-        w_U = Signal(range(U + 1))          # steps per column
-        w_j = Signal(range(C))
-        w_J = Signal(range(C + 1))          # columns (HWC) or 1 (CHW)
+        w_ul = Signal(range(U))             # steps of this column after this one
+        w_ul0 = Signal(range(U))            # w_ul at a column's first step
+        w_jl = Signal(range(C))             # columns after this one
         w_a = Signal(aw)                    # logical address of lane 0
         w_jbase = Signal(aw)
         w_co = Signal(cow)                  # channel (CHW) or channel group k (HWC) of lane 0
@@ -382,16 +382,16 @@ class OutputStage(wiring.Component):
 
         # ---- writer ---------------------------------------------------------------------------
         with m.If(wbusy):
-            with m.If(w_u == w_U - 1):
-                m.d.sync += [w_u.eq(0), *(x.eq(0) for x in w_uc)]
-                with m.If(w_j == w_J - 1):
+            with m.If(w_ul == 0):
+                m.d.sync += [w_ul.eq(w_ul0), *(x.eq(0) for x in w_uc)]
+                with m.If(w_jl == 0):
                     m.d.sync += wbusy.eq(0)      # a hand-off below may restart it
                 with m.Else():
-                    m.d.sync += [w_j.eq(w_j + 1), *(x.eq(x + 1) for x in w_jc),
+                    m.d.sync += [w_jl.eq(w_jl - 1), *(x.eq(x + 1) for x in w_jc),
                                  w_a.eq(w_jbase + desc.out_q),
                                  w_jbase.eq(w_jbase + desc.out_q), w_co.eq(w_k0)]
             with m.Else():
-                m.d.sync += [w_u.eq(w_u + 1), *(x.eq(x + 1) for x in w_uc), w_co.eq(w_co + OW),
+                m.d.sync += [w_ul.eq(w_ul - 1), *(x.eq(x + 1) for x in w_uc), w_co.eq(w_co + OW),
                              w_a.eq(w_a + Mux(w_hwc, OW, desc.out_s * OW))]
 
         for r in range(R):
@@ -408,9 +408,9 @@ class OutputStage(wiring.Component):
                     with m.Else():
                         m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
         with m.If(take_res[0] | late_write[0]):
-            m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), w_u.eq(0), w_j.eq(0),
-                         *(x.eq(0) for x in w_uc + w_jc),
-                         w_U.eq(Mux(hwc, KB // OW, U)), w_J.eq(done_geo.J),
+            steps = Mux(hwc, KB // OW, U) - 1
+            m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), *(x.eq(0) for x in w_uc + w_jc),
+                         w_ul.eq(steps), w_ul0.eq(steps), w_jl.eq(done_geo.J - 1),
                          w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
                          w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
                          w_mask.eq(done_geo.mask)]
