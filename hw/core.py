@@ -35,9 +35,11 @@ PARAM_LANES = 9
 #: host's read ports are enabled in its write cycles too, but then nothing takes their data.
 #: So a collision may read anything, and Yosys need not emulate the read-first behaviour of
 #: Amaranth's read ports with a comparator and a multiplexer after each block RAM. It applies
-#: to read ports of memories with one write port and no transparency (all of the core's).
-YOSYS_NO_COLLISIONS = (r"setparam -set COLLISION_X_MASK 1'1 "
-                       r"t:$memrd_v2 r:COLLISION_X_MASK=1'0 %i r:TRANSPARENCY_MASK=1'0 %i")
+#: to synchronous read ports of memories with one write port and no transparency (all of the
+#: core's; the loader's FIFO, read asynchronously, has no collisions to speak of, and Yosys
+#: refuses the parameter on such a port).
+YOSYS_NO_COLLISIONS = (r"setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:CLK_ENABLE=1 %i "
+                       r"r:COLLISION_X_MASK=1'0 %i r:TRANSPARENCY_MASK=1'0 %i")
 
 
 def bus_layouts(config):

@@ -58,7 +58,9 @@ def test_block_ram_alone(tmp_path, command):
 
 def test_reaches_every_core_read_port(tmp_path):
     log = _yosys(tmp_path, Core(SMALL), f"{YOSYS_NO_COLLISIONS}; "
-                 "select -count t:$memrd_v2; select -count t:$memrd_v2 r:COLLISION_X_MASK=1'1 %i")
+                 "select -count t:$memrd_v2 r:CLK_ENABLE=1 %i; "
+                 "select -count t:$memrd_v2 r:COLLISION_X_MASK=1'1 %i; "
+                 "synth_ecp5 -top top")           # Yosys accepts what the command did
     counts = [int(n) for n in re.findall(r"(\d+) objects", log)]
     assert len(counts) == 2 and counts[0] > 0
     assert counts[1] == counts[0], f"only {counts[1]} of {counts[0]} read ports"
