@@ -211,8 +211,8 @@ class Core(wiring.Component):
         cmd = Signal.like(self.cmd.payload)       # Q: the command
         k_valid = Signal()
         k_cmd = Signal.like(cmd)                  # K: the command, checked in Q
-        k_refused = Signal()                      # K: erroneous whether busy or not, but
-                                                  # for bits beyond the region's width
+        k_refused = Signal()                      # K: erroneous whether busy or not (but
+                                                  # for the width check, which k_bad adds)
         k_bad = Signal()                          # K: erroneous whether busy or not
         k_idle = Signal()                         # K: erroneous while busy
         d_valid = Signal()

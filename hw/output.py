@@ -212,17 +212,33 @@ class OutputStage(wiring.Component):
             for j in range(1, C):
                 m.d.sync += x2[w][j].eq(x1[w][j])
 
+        # The geometry of a block's words: worked out from its tag in stages A to D1, at most
+        # one small product per stage (in logic, hw.arith.lut_mul), so that the hand-off below
+        # only copies registers (done_geo). The word address a0 of the first word is, in CHW,
+        # cog·R·out_s + row·out_p + xw, in HWC (row·out_w + col0)·out_q + cog·KB.
         pool, hwc = desc.pool, desc.out_hwc
         aw = max(index_width(cfg), len(desc.out_s)) + 8
         cow = len(desc.out_c) + R.bit_length() + 1
-        # Stage A: the block's output row and first column, cog·R (from s2's tag).
+        geo = data.StructLayout({
+            "pair": 1,          # first block of a pool pair: to pbuf
+            "hold": 1,          # pooled CHW row, even xg (not the last): to hold
+            "odd": 1,           # pooled CHW row, odd xg: its left half is in hold
+            "a0": aw,           # logical address of the first word
+            "co": cow,          # channel (CHW) or channel group k (HWC) of the first word
+            "J": C.bit_length(),     # columns (HWC) or 1 (CHW)
+            "mask": C,          # CHW: valid pixel lanes; HWC: all ones iff the block has a
+                                # pixel (else no word is written)
+        })
+
+        # Geometry, stage A: the block's output row and first column, cog·R (from s2's tag).
         a_row = Signal.like(s2.tag.y)
         a_col0 = Signal(len(s2.tag.xg) + C.bit_length())
         a_cogr = Signal(aw)
         m.d.sync += [a_row.eq(Mux(pool, s2.tag.y >> 1, s2.tag.y)),
                      a_col0.eq(Mux(pool, s2.tag.xg * H, s2.tag.xg * C)),
                      a_cogr.eq(lut_mul(s2.tag.cog, R))]
-        # Stage B: row·out_p, cog·R·out_s, row·out_w, col0·out_q, the columns left from col0.
+        # Geometry, stage B: row·out_p, cog·R·out_s, row·out_w, col0·out_q, the columns
+        # left from col0.
         b_rowp, b_cogs, b_roww, b_col0q = (Signal(aw, name=f"b_{n}")
                                            for n in ("rowp", "cogs", "roww", "col0q"))
         b_ncols = Signal(signed(max(len(desc.out_w), len(desc.conv_w), len(a_col0)) + 2))
@@ -249,21 +265,6 @@ class OutputStage(wiring.Component):
                                                 f"mul_lo_{w}_{j}", platform)[:32]
                 b_hi[w][j] = registered_product(m, x[16:], mult,
                                                 f"mul_hi_{w}_{j}", platform)[:32].as_signed()
-
-        # The geometry of a block's words: worked out from its tag in stages A to D1, at most
-        # one small product per stage (in logic, hw.arith.lut_mul), so that the hand-off below
-        # only copies registers (done_geo). The word address a0 of the first word is, in CHW,
-        # cog·R·out_s + row·out_p + xw, in HWC (row·out_w + col0)·out_q + cog·KB.
-        geo = data.StructLayout({
-            "pair": 1,          # first block of a pool pair: to pbuf
-            "hold": 1,          # pooled CHW row, even xg (not the last): to hold
-            "odd": 1,           # pooled CHW row, odd xg: its left half is in hold
-            "a0": aw,           # logical address of the first word
-            "co": cow,          # channel (CHW) or channel group k (HWC) of the first word
-            "J": C.bit_length(),     # columns (HWC) or 1 (CHW)
-            "mask": C,          # CHW: valid pixel lanes; HWC: all ones iff the block has a
-                                # pixel (else no word is written)
-        })
 
         # Stage C: add the rounding constant; CHW: cog·R·out_s + row·out_p; HWC: row·out_w·out_q
         # and col0·out_q + cog·KB.
