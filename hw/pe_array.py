@@ -13,8 +13,9 @@ Five pipeline stages, one slot per cycle, and no stall anywhere:
 4. a block whose last slot was added moves from the accumulators into a shadow register (a
    queue of :meth:`PEArray.credits` of them), while the next block accumulates; the queue's
    head is offered on ``o`` with the block's tag. Each PE has its own copy of the control of
-   stages 3 and 4 and of the queue's state (hw/fanout.py), next to its accumulator and
-   shadows, so no one register switches the whole array.
+   stages 3 and 4 (hw/fanout.py: which shadow takes the finished block, whether the queue
+   moves up), next to its accumulator and shadows, so no one register switches the whole
+   array.
 
 Latency: a block's ``last`` slot on ``i`` in cycle ``t`` is offered on ``o`` from cycle ``t+5``
 (later if an earlier block still waits on ``o``).
@@ -23,13 +24,14 @@ a block's ``last`` slot while :meth:`credits` blocks whose last slot it sent hav
 taken from ``o`` (the loader does, counting the taken blocks with a delay), so a finished
 block always finds a free shadow. ``o.valid`` and ``o.payload`` are registers.
 ``o_ready_next`` announces ``o.ready`` one cycle ahead: in every cycle it must equal the value
-``o.ready`` has in the next one (the output stage knows it). The PEs' copies of ``o.ready``
-are loaded from it, so ``o.ready`` itself drives only the queue's counter and its tags.
+``o.ready`` has in the next one (the output stage knows it). The PEs' copies of the queue's
+decisions are worked out from it, so ``o.ready`` itself drives only the queue's counter and its
+tags.
 ``o_cog_next`` is the value ``o.payload.tag.cog`` has in the next cycle (for the output
 stage's check of its parameters).
 """
 
-from amaranth import Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -77,7 +79,7 @@ class PEArray(wiring.Component):
         s0_wgt = Signal.like(self.i.payload.wgt)
         c0 = Signal(ctl)
         act = copies(m, self.i.payload.act.as_value(), R, "act")
-        # c2's control bits and the queue's state have a copy per PE (below): KEEP stops them
+        # c2's control bits and the queue's decisions have a copy per PE (below): KEEP stops them
         # from merging into one of those (hw/fanout.py).
         c1, c2 = Signal(ctl), Signal(ctl, attrs=KEEP)
         p = self.i.payload
@@ -133,26 +135,27 @@ class PEArray(wiring.Component):
                 with m.Elif(take):
                     m.d.sync += shadow[q].tag.eq(shadow[q + 1].tag)
 
-        # Each PE's copies of stage 3's control (c2), of store and of the queue's state:
-        # registers loaded with the next values of c2, store, queued, head_valid and o.ready.
-        pctl = data.StructLayout({"valid": 1, "first": 1, "zero": 1, "store": 1,
-                                  "queued": range(Q + 1), "head_valid": 1, "ready": 1})
+        # Each PE's copy of stage 3's control (c2) and of stage 4's decisions: which shadow the
+        # finished block goes into (load), whether the queue moves up (shift). Registers loaded
+        # with those values worked out for the next cycle (from the next values of store,
+        # queued, head_valid and o.ready), so each PE only decodes its own bits.
+        pctl = data.StructLayout({"valid": 1, "first": 1, "zero": 1, "load": Q, "shift": 1})
         pnext = Signal(pctl)
-        m.d.comb += [pnext.valid.eq(c1.valid), pnext.first.eq(c1.first),
-                     pnext.zero.eq(c1.zero), pnext.store.eq(c2.valid & c2.last),
-                     pnext.queued.eq(queued_next), pnext.head_valid.eq(head_next),
-                     pnext.ready.eq(self.o_ready_next)]
+        take_next = head_next & self.o_ready_next
+        tail_next = Signal.like(queued)
+        m.d.comb += [tail_next.eq(queued_next - take_next),
+                     pnext.valid.eq(c1.valid), pnext.first.eq(c1.first), pnext.zero.eq(c1.zero),
+                     pnext.load.eq(Cat((c2.valid & c2.last & (tail_next == q)) for q in range(Q))),
+                     pnext.shift.eq(take_next)]
         for k, ctl_k in enumerate(copies(m, pnext.as_value(), N, "pe")):
             pc = data.View(pctl, ctl_k)
-            take_k = pc.head_valid & pc.ready
-            tail_k = pc.queued - take_k
             with m.If(pc.valid):
                 m.d.sync += acc[k].eq((Mux(pc.first, Const(0, signed(cfg.acc_bits)), acc[k])
                                        + Mux(pc.zero, 0, prod[k]))[:cfg.acc_bits])
             for q in range(Q):
-                with m.If(pc.store & (tail_k == q)):
+                with m.If(pc.load[q]):
                     m.d.sync += shadow[q].acc[k].eq(acc[k])
                 if q + 1 < Q:
-                    with m.Elif(take_k):
+                    with m.Elif(pc.shift):
                         m.d.sync += shadow[q].acc[k].eq(shadow[q + 1].acc[k])
         return m
