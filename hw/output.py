@@ -183,7 +183,7 @@ class OutputStage(wiring.Component):
         accs = i.payload.acc
         m.d.sync += [s1.valid.eq(go), s1.last.eq(step == U - 1), s1.step.eq(step),
                      s1.tag.eq(i.payload.tag)]
-        step_next = Signal.like(step)
+        step_next = Signal(range(U))
         m.d.comb += step_next.eq(Mux(go, Mux(step == U - 1, 0, step + 1), step))
         m.d.sync += step.eq(step_next)
         # step selects among all R·C accumulators: each column j has a copy of it, and the

@@ -110,7 +110,7 @@ class PEArray(wiring.Component):
         store = Signal(attrs=KEEP)              # stage 4: a finished block, to the queue
         store_tag = Signal.like(c2.tag)
         take = Signal()
-        tail = Signal.like(queued)
+        tail = Signal(range(Q + 1))
         m.d.sync += [store.eq(c2.valid & c2.last), store_tag.eq(c2.tag)]
         m.d.comb += [
             self.o.valid.eq(head_valid),
@@ -142,7 +142,7 @@ class PEArray(wiring.Component):
         pctl = data.StructLayout({"valid": 1, "first": 1, "zero": 1, "load": Q, "shift": 1})
         pnext = Signal(pctl)
         take_next = head_next & self.o_ready_next
-        tail_next = Signal.like(queued)
+        tail_next = Signal(range(Q + 1))
         m.d.comb += [tail_next.eq(queued_next - take_next),
                      pnext.valid.eq(c1.valid), pnext.first.eq(c1.first), pnext.zero.eq(c1.zero),
                      pnext.load.eq(Cat((c2.valid & c2.last & (tail_next == q)) for q in range(Q))),
