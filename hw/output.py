@@ -373,7 +373,6 @@ class OutputStage(wiring.Component):
         w_uc = [Signal(range(max(U, 2)), name=f"w_u_c{c}") for c in range(C)]
         w_jc = [Signal(range(C), name=f"w_j_c{c}") for c in range(C)]
         w_ul = Signal(range(U))             # steps of this column after this one
-        w_ul0 = Signal(range(U))            # w_ul at a column's first step
         w_jl = Signal(range(C))             # columns after this one
         w_a = Signal(aw)                    # logical address of lane 0
         w_jbase = Signal(aw)
@@ -384,7 +383,7 @@ class OutputStage(wiring.Component):
         # ---- writer ---------------------------------------------------------------------------
         with m.If(wbusy):
             with m.If(w_ul == 0):
-                m.d.sync += [w_ul.eq(w_ul0), *(x.eq(0) for x in w_uc)]
+                m.d.sync += [w_ul.eq(Mux(w_hwc, KB // OW - 1, U - 1)), *(x.eq(0) for x in w_uc)]
                 with m.If(w_jl == 0):
                     m.d.sync += wbusy.eq(0)      # a hand-off below may restart it
                 with m.Else():
@@ -409,9 +408,8 @@ class OutputStage(wiring.Component):
                     with m.Else():
                         m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
         with m.If(take_res[0] | late_write[0]):
-            steps = Mux(hwc, KB // OW, U) - 1
             m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), *(x.eq(0) for x in w_uc + w_jc),
-                         w_ul.eq(steps), w_ul0.eq(steps), w_jl.eq(done_geo.J - 1),
+                         w_ul.eq(Mux(hwc, KB // OW - 1, U - 1)), w_jl.eq(done_geo.J - 1),
                          w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
                          w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
                          w_mask.eq(done_geo.mask)]
