@@ -127,11 +127,11 @@ def test_schedule_matches_slot_by_slot_enumeration(seed, skip):
     program, x = _random_program(seed, SMALL)
     xq = quantize_input(program, x)
     _, flags = forward(program, xq)
-    stats = network_stats(program, flags, skip=skip)
     try:
         image = layout.pack_program(program)
     except layout.LayoutError:
         reject()        # the random network does not fit SMALL's buffers
+    stats = network_stats(program, flags, skip=skip)
     for plan, f, st_ in zip(image.plans, flags, stats):
         hwc = plan.layer.kind == "fc"
         tiles = layout.tile_index(tuple(plan.layer.in_shape), hwc, SMALL)
