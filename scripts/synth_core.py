@@ -46,9 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: ECP5 uses nextpnr's ``router2``: with the default ``router1`` the 85F design (222k arcs,
 #: 62% of the LUTs) was still 157k arcs short after 15 minutes of routing. It is placed by the
 #: analytical placer ``static`` instead of the default ``heap``: for the same netlist (3658c34)
-#: it left 24% less wire (523k against 686k) and estimated 61.4 and 71.5 MHz (seeds 1 and 2)
-#: against heap's 53.2 MHz (seed 1), and router2 got to 20k overused wires on its placement
-#: (47k on heap's) before it stalled.
+#: it left 24–31% less wire (523k and 540k against 686k and 780k) and estimated 61.4 and
+#: 71.5 MHz against heap's 53.2 and 49.6 MHz (seeds 1 and 2), and router2 got to 20k overused
+#: wires on its placement (47k on heap's) before it stalled.
 FLOWS = {
     "up5k": {"config": "up5k", "synth_opts": (), "nextpnr_opts": ()},
     "ecp5": {"config": "ecp5", "synth_opts": (),
