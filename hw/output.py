@@ -380,10 +380,14 @@ class OutputStage(wiring.Component):
         w_k0 = Signal(cow)
         w_mask = Signal(C)                  # done_geo.mask of the block being written
 
+        def steps_after_first(is_hwc):
+            """w_ul at a column's first step: an HWC column has KB/OW steps, a CHW one U."""
+            return Mux(is_hwc, KB // OW - 1, U - 1)
+
         # ---- writer ---------------------------------------------------------------------------
         with m.If(wbusy):
             with m.If(w_ul == 0):
-                m.d.sync += [w_ul.eq(Mux(w_hwc, KB // OW - 1, U - 1)), *(x.eq(0) for x in w_uc)]
+                m.d.sync += [w_ul.eq(steps_after_first(w_hwc)), *(x.eq(0) for x in w_uc)]
                 with m.If(w_jl == 0):
                     m.d.sync += wbusy.eq(0)      # a hand-off below may restart it
                 with m.Else():
@@ -409,7 +413,7 @@ class OutputStage(wiring.Component):
                         m.d.sync += wbuf[r][j].eq(pm[r][j] if j < H else 0)
         with m.If(take_res[0] | late_write[0]):
             m.d.sync += [wbusy.eq(1), w_hwc.eq(hwc), *(x.eq(0) for x in w_uc + w_jc),
-                         w_ul.eq(Mux(hwc, KB // OW - 1, U - 1)), w_jl.eq(done_geo.J - 1),
+                         w_ul.eq(steps_after_first(hwc)), w_jl.eq(done_geo.J - 1),
                          w_a.eq(done_geo.a0), w_jbase.eq(done_geo.a0),
                          w_co.eq(done_geo.co), w_k0.eq(done_geo.co),
                          w_mask.eq(done_geo.mask)]
