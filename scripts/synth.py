@@ -51,6 +51,14 @@ from hw.fanout import YOSYS_KEEP_COPIES
 
 __all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "format_table"]
 
+#: Yosys command, run right after reading the design: the wires Amaranth adds for the elements
+#: of an array-shaped signal (``wgt_data__0[18]``, byte 18 of the 256-bit ``wgt_data__0``) lose
+#: their names; they only name slices for debugging. Yosys 0.70's abc9 confuses such a name with
+#: a bit of the signal: reintegrating the mapped logic, it drove bit 18 of ``wgt_data__0`` from
+#: bit 0 of byte 18 as well, a netlist nextpnr refuses ("multiply driven"). Yosys 0.69 fails an
+#: assertion there instead (``count_id(wire->name) == 0``).
+YOSYS_HIDE_ELEMENT_WIRES = "rename -hide w:*[[]*"
+
 
 @dataclass(frozen=True)
 class Target:
@@ -278,7 +286,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     of :data:`TARGETS`. Build files (Yosys log ``top.rpt``, nextpnr log ``top.tim`` and
     ``report.json``) go into ``build_dir``. ``mhz`` overrides the clock constraint;
     ``overrides`` are further Amaranth toolchain overrides (a ``script_after_read`` runs after
-    :data:`hw.fanout.YOSYS_KEEP_COPIES`, which keeps register copies apart).
+    :data:`hw.fanout.YOSYS_KEEP_COPIES`, which keeps register copies apart, and
+    :data:`YOSYS_HIDE_ELEMENT_WIRES`).
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
     ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``; ``fmax_mhz`` (slowest
@@ -303,7 +312,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     platform = _platform(target, mhz)
     overrides = dict(overrides or {})
     overrides["script_after_read"] = "\n".join(
-        [YOSYS_KEEP_COPIES, *filter(None, [overrides.get("script_after_read")])])
+        [YOSYS_KEEP_COPIES, YOSYS_HIDE_ELEMENT_WIRES,
+         *filter(None, [overrides.get("script_after_read")])])
     plan = platform.build(
         top, name=name, do_build=False,
         synth_opts=[*spec.synth_opts, *synth_opts],

