@@ -43,16 +43,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Per target: the configuration and the tool options used. See the module docstring of
 #: ``scripts/synth.py`` for the defaults (``synth_ice40 -dsp``; ``synth_ecp5`` with abc9).
-#: ECP5 uses nextpnr's ``router2``: with the default ``router1`` the 85F design (222k arcs,
-#: 62% of the LUTs) was still 157k arcs short after 15 minutes of routing. It is placed by the
-#: analytical placer ``static`` instead of the default ``heap``: for the same netlist (3658c34)
-#: it left 24–31% less wire (523k and 540k against 686k and 780k) and estimated 61.4 and
-#: 71.5 MHz against heap's 53.2 and 49.6 MHz (seeds 1 and 2), and router2 got to 20k overused
-#: wires on its placement (47k on heap's) before it stalled.
+#: ECP5 is placed by the analytical placer ``static`` instead of the default ``heap``: for the
+#: same netlist (3658c34) it left 24–31% less wire (523k and 540k against 686k and 780k) and
+#: estimated 61.4 and 71.5 MHz against heap's 53.2 and 49.6 MHz (seeds 1 and 2). It is routed by
+#: the default ``router1``, which is slow here but gets there: on static's placement of 20f2b37
+#: (seed 1) it routed all 189k arcs in 88 minutes, while ``router2`` stalled at 20k overused
+#: wires (47k on heap's placement).
 FLOWS = {
     "up5k": {"config": "up5k", "synth_opts": (), "nextpnr_opts": ()},
     "ecp5": {"config": "ecp5", "synth_opts": (),
-             "nextpnr_opts": ("--placer", "static", "--router", "router2")},
+             "nextpnr_opts": ("--placer", "static")},
 }
 
 COMMAND = "python scripts/synth_core.py"
