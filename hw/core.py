@@ -191,14 +191,12 @@ class Core(wiring.Component):
         count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
-        # Five register stages, one command per cycle, and a response FIFO. Q holds the
+        # Seven register stages, one command per cycle, and a response FIFO. Q holds the
         # accepted command and checks it; K holds it with the check's result (what makes it
         # erroneous) and decodes it; D holds the decoded command (addresses, data, one write
         # strobe per memory lane) and drives the memory ports, so that no port sees more than
-        # a few gates after a register; E gets the read data and selects the word within each
-        # region (F registers one candidate per region, next to its memories; for the weight
-        # and parameter rows, which span dozens of block RAMs, one per group of them, and F
-        # selects the group); F selects the region's word and puts the response into the FIFO.
+        # a few gates after a register; F holds the memories' read data, G each region's word,
+        # and H the response, which it puts into the FIFO (see "read back" below).
         # The stages never stall (nothing fans out from rsp.ready): cmd.ready, a register, is
         # high while fewer than RSP_DEPTH commands are taken and their responses not yet.
         RSP_DEPTH = 8
@@ -220,14 +218,6 @@ class Core(wiring.Component):
                                                   # into the memories' copies of it, d_at)
         d_refused = Signal()                      # D: erroneous whether busy or not
         d_idle = Signal()                         # D: erroneous while busy
-        e_valid = Signal()
-        e_error = Signal()
-        e_region = Signal(4)
-        e_read = Signal()
-        f_valid = Signal()
-        f_error = Signal()
-        f_region = Signal(4)
-        f_read = Signal()
         d_bad = Signal()
         pop = Signal()
         pending_next = Signal.like(pending)
@@ -245,11 +235,18 @@ class Core(wiring.Component):
         m.d.sync += [q_valid.eq(take_cmd), cmd.eq(self.cmd.payload),
                      k_valid.eq(q_valid), k_cmd.eq(cmd),
                      d_valid.eq(k_valid), d_cmd.eq(k_cmd),
-                     d_refused.eq(k_bad), d_idle.eq(k_idle),
-                     e_valid.eq(d_valid), e_region.eq(d_cmd.region),
-                     e_read.eq(~d_cmd.write), e_error.eq(d_bad),
-                     f_valid.eq(e_valid), f_region.eq(e_region),
-                     f_read.eq(e_read), f_error.eq(e_error)]
+                     d_refused.eq(k_bad), d_idle.eq(k_idle)]
+        # After D, a command is only read back: E to H carry whether there is one, whether it
+        # is erroneous (it reads 0), whether it reads, and its region.
+        def later(values, stage):
+            regs = (Signal(name=f"{stage}_valid"), Signal(name=f"{stage}_error"),
+                    Signal(name=f"{stage}_read"), Signal(4, name=f"{stage}_region"))
+            m.d.sync += [reg.eq(value) for reg, value in zip(regs, values)]
+            return regs
+
+        g_stage = later(later(later((d_valid, d_bad, ~d_cmd.write, d_cmd.region), "e"), "f"), "g")
+        _, g_error, g_read, g_region = g_stage
+        h_valid = later(g_stage, "h")[0]
 
         # Q: which command is acceptable, and what it touches.
         in_range = Signal()
@@ -370,14 +367,27 @@ class Core(wiring.Component):
                          param_w[n].data.eq(Cat(*[p_word[n]] * len(g)) & p_bits[lo:hi]),
                          param_w[n].en.eq(p_en[g.start:g.stop])]
 
-        # E: each region's word at the command's index, registered in F; F selects the command's
-        # region. The regions that select a word by the index have a copy of it each, next to
-        # their memories.
+        # -- read back. E gets the memories' read data and registers it as it is (F): block
+        # RAMs' outputs are slow (5.8 ns clock to data on ECP5), so nothing but a wire follows
+        # them. Registers of the loader and the output stage take the weight banks' and the
+        # parameters' words in every cycle too; Yosys merges these with them. F selects each
+        # region's word at the command's index, registered in G; the regions that select a word
+        # by the index have a copy of it each, next to their memories. For the weight and
+        # parameter rows, which span dozens of block RAMs, F registers one word per group of
+        # them, and G selects the group. G selects the region's word, registered in H, which
+        # puts the response into the FIFO.
         rdata = Signal.like(self.rsp.payload.data)
         info = [HW_VERSION] + layout.config_words(cfg)
+
+        def raw(value, name):
+            reg = Signal.like(value, name=f"f_{name}")
+            m.d.sync += reg.eq(value)
+            return reg
+
+        f_cmd_index = raw(d_cmd.index, "index")
         selecting = (Region.DESC, Region.CTRL, Region.ACT0, Region.ACT1, Region.FLAG0,
                      Region.FLAG1)
-        e_index = dict(zip(selecting, copies(m, d_cmd.index, len(selecting), "e_index")))
+        f_index = dict(zip(selecting, copies(m, f_cmd_index, len(selecting), "f_index")))
 
         def select(index, words):
             """``words[index]`` (``words`` a list or a dict), 0 past the end."""
@@ -390,17 +400,17 @@ class Core(wiring.Component):
 
         def staged(groups, lo_hi, name):
             """The word at the command's index in two steps, for the regions whose rows span
-            many block RAMs: E registers each group's word (``groups[g]``: {lo: word}), next to
-            the group's memories and from a copy of the index of its own; F selects the group.
+            many block RAMs: F registers each group's word (``groups[g]``: {lo: word}), next to
+            the group's memories and from a copy of the index of its own; G selects the group.
             ``lo_hi(index)`` is the (lo, hi) of an index."""
-            index = copies(m, d_cmd.index, len(groups) + 1, f"{name}_index")
-            regs = [Signal.like(rdata, name=f"{name}_g{g}") for g in range(len(groups))]
+            index = copies(m, f_cmd_index, len(groups) + 1, f"f_{name}_index")
+            regs = [Signal.like(rdata, name=f"g_{name}_{g}") for g in range(len(groups))]
             m.d.sync += [reg.eq(select(lo_hi(i)[0], words))
                          for reg, words, i in zip(regs, groups, index)]
             hi = lo_hi(index[-1])[1]
-            f_hi = Signal.like(hi, name=f"{name}_hi")
-            m.d.sync += f_hi.eq(hi)
-            return select(f_hi, regs)
+            g_hi = Signal.like(hi, name=f"g_{name}_hi")
+            m.d.sync += g_hi.eq(hi)
+            return select(g_hi, regs)
 
         def lanes_of(row, region):
             """The host words of a row of a CHUNKED region."""
@@ -411,8 +421,6 @@ class Core(wiring.Component):
             k = layout.chunk_shift(rows[region][0])
             return (index[:k] if k else Const(0)), index[k:]
 
-        # F-stage words: the weight banks (each bank's word in E), the parameter memories (each
-        # memory's word in E).
         def wgt_lo_hi(index):
             sel, row = lane_of(index, Region.WEIGHT)
             return sel, lane(row, C)[0]
@@ -421,40 +429,44 @@ class Core(wiring.Component):
             sel, _ = lane_of(index, Region.PARAM)
             return sel, sum((sel >= g.start for g in pgroups[1:]), Const(0, 1))
 
-        p_lanes = lanes_of(param_data, Region.PARAM)
-        f_late = {
-            Region.WEIGHT: staged([dict(enumerate(lanes_of(wgt_r[j].data, Region.WEIGHT)))
-                                   for j in range(C)], wgt_lo_hi, "e_wgt"),
+        f_wgt = [raw(wgt_r[j].data, f"wgt{j}") for j in range(C)]
+        p_lanes = lanes_of(raw(param_data, "param"), Region.PARAM)
+        g_late = {
+            Region.WEIGHT: staged([dict(enumerate(lanes_of(f_wgt[j], Region.WEIGHT)))
+                                   for j in range(C)], wgt_lo_hi, "wgt"),
             Region.PARAM: staged([{n: p_lanes[n] for n in g} for g in pgroups], param_lo_hi,
-                                 "e_param"),
+                                 "param"),
         }
         candidates = {
-            Region.MASK: mask_r.data,
-            Region.DESC: select(lane_of(e_index[Region.DESC], Region.DESC)[0],
-                                lanes_of(desc_r.data, Region.DESC)),
-            Region.COUNT: count_r.data,
-            Region.CTRL: select(e_index[Region.CTRL],
-                                [Cat(busy, done, error, Const(0, 5), run_cycles)] + info),
+            Region.MASK: raw(mask_r.data, "mask"),
+            Region.DESC: select(lane_of(f_index[Region.DESC], Region.DESC)[0],
+                                lanes_of(raw(desc_r.data, "desc"), Region.DESC)),
+            Region.COUNT: raw(count_r.data, "count"),
+            Region.CTRL: select(f_index[Region.CTRL],
+                                [raw(Cat(busy, done, error, Const(0, 5), run_cycles), "status")]
+                                + info),
         }
         for buf in range(2):
-            rb_act, _ = lane(e_index[Region.ACT0 + buf], NB)
-            rb_flag, _ = lane(e_index[Region.FLAG0 + buf], NB)
-            candidates[Region.ACT0 + buf] = select(rb_act, [act_r[buf][b].data
+            rb_act, _ = lane(f_index[Region.ACT0 + buf], NB)
+            rb_flag, _ = lane(f_index[Region.FLAG0 + buf], NB)
+            candidates[Region.ACT0 + buf] = select(rb_act, [raw(act_r[buf][b].data,
+                                                                f"act{buf}_{b}")
                                                             for b in range(NB)])
-            candidates[Region.FLAG0 + buf] = select(rb_flag, [flag_r[buf][b][0].data
+            candidates[Region.FLAG0 + buf] = select(rb_flag, [raw(flag_r[buf][b][0].data,
+                                                                  f"flag{buf}_{b}")
                                                               for b in range(NB)])
-        f_words = {region: Signal.like(rdata, name=f"f_word_{int(region)}")
+        g_words = {region: Signal.like(rdata, name=f"g_word_{int(region)}")
                    for region in candidates}
-        m.d.sync += [f_words[region].eq(value) for region, value in candidates.items()]
-        f_words.update(f_late)
-        with m.Switch(f_region):
-            for region, f_word in f_words.items():
+        m.d.sync += [g_words[region].eq(value) for region, value in candidates.items()]
+        g_words.update(g_late)
+        with m.Switch(g_region):
+            for region, g_word in g_words.items():
                 with m.Case(region):
-                    m.d.comb += rdata.eq(f_word)
-        rsp_word = Signal.like(self.rsp.payload)
-        m.d.comb += [rsp_word.data.eq(Mux(f_read & ~f_error, rdata, 0)),
-                     rsp_word.error.eq(f_error),
-                     rsp_fifo.w_en.eq(f_valid), rsp_fifo.w_data.eq(rsp_word)]
+                    m.d.comb += rdata.eq(g_word)
+        h_word = Signal.like(self.rsp.payload)
+        m.d.sync += [h_word.data.eq(Mux(g_read & ~g_error, rdata, 0)),
+                     h_word.error.eq(g_error)]
+        m.d.comb += [rsp_fifo.w_en.eq(h_valid), rsp_fifo.w_data.eq(h_word)]
 
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()

@@ -52,7 +52,7 @@ class Bus:
         dut = self.dut
         await self.issue(write, region, index, data)
         dut.cmd__valid.value = 0
-        for _ in range(8):
+        for _ in range(12):     # the host bus's seven stages and the FIFO's, and some to spare
             await ReadOnly()
             if dut.rsp__valid.value == 1:
                 break
