@@ -96,6 +96,7 @@ from amaranth.lib.wiring import In, Out
 from sw.layout import KIND_FC
 
 from .arith import lut_mul
+from .fanout import copies
 from .tags import descriptor_layout, slot_layout
 
 __all__ = ["Loader", "FIFO_DEPTH"]
@@ -645,9 +646,9 @@ class Loader(wiring.Component):
         d_valid, d_zero, d_first, d_last, d_cog, d_y, d_xg, d_wbank, d_bank, d_l, d_v = (
             delay("d", x) for x in (r_valid, r_zero, r_first, r_last, r_cog, r_y, r_xg,
                                     r_wbank, r_bank, r_l, r_v))
-        e_valid, e_zero, e_first, e_last, e_cog, e_y, e_xg, e_wbank, e_bank, e_l, e_v = (
+        e_valid, e_zero, e_first, e_last, e_cog, e_y, e_xg, e_bank, e_l, e_v = (
             delay("e", x) for x in (d_valid, d_zero, d_first, d_last, d_cog, d_y, d_xg,
-                                    d_wbank, d_bank, d_l, d_v))
+                                    d_bank, d_l, d_v))
         e_act = [Signal(8 * C, name=f"e_act{b}") for b in range(NB)]
         e_wgt = [Signal(8 * R, name=f"e_wgt{j}") for j in range(C)]
         m.d.sync += [e_act[b].eq(self.act_data[b]) for b in range(NB)]
@@ -661,12 +662,15 @@ class Loader(wiring.Component):
                 word.eq(act_words[e_bank[j]]),
                 pl.act[j].eq(Mux(e_v[j], word.word_select(e_l[j], 8).as_signed(), 0)),
             ]
-        wsel = Signal(8 * R)
-        m.d.comb += wsel.eq(Array(e_wgt)[e_wbank])
-        for r in range(R):
+        # Each row of weights has copies of its own of what selects them (a slot's bank, whether
+        # it is zero, and is_fc, which holds still through a layer): they fan out to all the
+        # weight bits, which lie as far apart as the weight banks' block RAMs.
+        for r, sel in enumerate(copies(m, Cat(d_wbank, d_zero, is_fc), R, "e_wsel")):
+            wbank, zero, fc = sel[:len(d_wbank)], sel[len(d_wbank)], sel[-1]
+            row = Array(word[8 * r:8 * r + 8] for word in e_wgt)[wbank]
             for j in range(C):
-                v = Mux(is_fc, e_wgt[j][8 * r:8 * r + 8], wsel[8 * r:8 * r + 8])
-                m.d.comb += pl.wgt[r * C + j].eq(Mux(e_zero, 0, v.as_signed()))
+                v = Mux(fc, e_wgt[j][8 * r:8 * r + 8], row)
+                m.d.comb += pl.wgt[r * C + j].eq(Mux(zero, 0, v.as_signed()))
         m.d.comb += [
             pl.first.eq(e_first), pl.last.eq(e_last), pl.zero.eq(e_zero),
             pl.tag.cog.eq(e_cog), pl.tag.y.eq(e_y), pl.tag.xg.eq(e_xg),
