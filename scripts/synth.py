@@ -49,7 +49,7 @@ from amaranth.lib import wiring
 from hw import build
 from hw.fanout import YOSYS_KEEP_COPIES
 
-__all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "format_table"]
+__all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "slow_endpoints", "format_table"]
 
 #: Yosys command, run right after reading the design: the wires Amaranth adds for the elements
 #: of an array-shaped signal (``wgt_data__0[18]``, byte 18 of the 256-bit ``wgt_data__0``) lose
@@ -242,6 +242,30 @@ def critical_paths(log):
     return list(paths.values())
 
 
+def slow_endpoints(report, count=8):
+    """The registers the clock does not reach in time, from a nextpnr report written with
+    ``--detailed-timing-report`` (its ``detailed_net_timings`` hold each register input's
+    arrival after the clock edge): [{group, worst_ns, endpoints, worst}], slowest first, at
+    most ``count``. A group is the inputs of one signal's flip-flops, block RAMs or DSPs,
+    named by the cell with the packer's suffix cut and every number written ``N`` (so
+    ``acc_N`` is all the accumulators); ``endpoints`` counts its inputs slower than their
+    clock's constraint, ``worst`` names the slowest (cell.port)."""
+    period = {clock: 1000 / f["constraint"] for clock, f in report.get("fmax", {}).items()}
+    groups = {}
+    for net in report.get("detailed_net_timings", []):
+        for end in net["endpoints"]:
+            clock = end.get("event", "").partition(" ")[2]
+            arrival = max(end["delay"]) if isinstance(end["delay"], list) else end["delay"]
+            if clock not in period or arrival <= period[clock]:
+                continue
+            name = re.sub(r"\d+", "N", re.sub(r"_TRELLIS_FF_Q.*|\$.*", "", end["cell"]))
+            g = groups.setdefault(name, {"group": name, "worst_ns": 0.0, "endpoints": 0})
+            g["endpoints"] += 1
+            if arrival > g["worst_ns"]:
+                g.update(worst_ns=round(arrival, 2), worst=f"{end['cell']}.{end['port']}")
+    return sorted(groups.values(), key=lambda g: -g["worst_ns"])[:count]
+
+
 def _used(util, *names):
     return sum(util.get(n, {}).get("used", 0) for n in names)
 
@@ -291,7 +315,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
     ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``; ``fmax_mhz`` (slowest
-    clock), ``fmax_by_clock``, ``critical_paths`` (:func:`critical_paths`), ``constraint_mhz``,
+    clock), ``fmax_by_clock``, ``critical_paths`` (:func:`critical_paths`),
+    ``slow_endpoints`` (:func:`slow_endpoints`), ``constraint_mhz``,
     ``harness_ff``, ``cells`` (Yosys cell counts), ``wall_s``, ``target``, ``build_dir``.
     ``lut`` is TRELLIS_COMB on ECP5 (LUT4s and carry halves) and SB_LUT4 cells on iCE40, where
     ``lc`` counts logic cells (LUT and/or FF).
@@ -318,7 +343,7 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
         top, name=name, do_build=False,
         synth_opts=[*spec.synth_opts, *synth_opts],
         nextpnr_opts=["--report", report.name,  # YoWASP tools see the cwd only
-                      "--timing-allow-fail", "--seed", str(seed),
+                      "--detailed-timing-report", "--timing-allow-fail", "--seed", str(seed),
                       *nextpnr_opts],
         verbose=not quiet,
         **overrides,
@@ -327,9 +352,10 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     wall = time.monotonic() - t0
 
     res = {"target": target, "device": f"{platform.device}-{platform.package}"}
-    res.update(_summarize(target, json.loads(report.read_text()),
+    res.update(_summarize(target, nextpnr_report := json.loads(report.read_text()),
                           cells := _yosys_cells(build_dir / f"{name}.rpt")))
-    res.update(critical_paths=critical_paths(build_dir / f"{name}.tim"), constraint_mhz=mhz,
+    res.update(critical_paths=critical_paths(build_dir / f"{name}.tim"),
+               slow_endpoints=slow_endpoints(nextpnr_report), constraint_mhz=mhz,
                harness_ff=harness_ff, cells=cells, wall_s=round(wall, 1),
                build_dir=str(build_dir))
     return res

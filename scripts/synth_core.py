@@ -7,7 +7,8 @@ no other board I/O), and:
 
 * whether the configuration holds the demo network (``demo-mnist`` compiled for it and packed
   by ``sw.layout.plan``), and by how much it misses if not;
-* LUT/FF/DSP/BRAM(/SPRAM) use, fmax and the critical path from the nextpnr log; with
+* LUT/FF/DSP/BRAM(/SPRAM) use, fmax and the critical path from the nextpnr log, and which
+  registers miss the clock constraint (:func:`scripts.synth.slow_endpoints`); with
   ``--place-only`` (no routing, so nextpnr names no path) on ECP5, the slowest paths of the
   placement as ``scripts/place_paths.py`` estimates them;
 * if a step fails (Yosys, or placement because the design does not fit), what failed, the
@@ -241,6 +242,12 @@ def markdown(entries, versions, wall, command):
             crit = _crit_summary(e)
             if crit:
                 lines.append(f"* {e['target']} critical path: {crit}.")
+            if e.get("slow_endpoints"):
+                lines.append(f"* {e['target']}: the registers that miss "
+                             f"{e['constraint_mhz']:g} MHz, by signal (`N` stands for any "
+                             "number), with the latest arrival after the clock edge:")
+                lines += [f"  * `{g['group']}`: {g['worst_ns']} ns, {g['endpoints']} "
+                          f"input{'s' * (g['endpoints'] > 1)} late" for g in e["slow_endpoints"]]
             if e.get("estimated_paths"):
                 lines.append(f"* {e['target']} slowest paths of the placement, as "
                              "`scripts/place_paths.py` estimates them (for ranking; the sums "

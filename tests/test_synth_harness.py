@@ -1,6 +1,7 @@
 """The synthesis harness (scripts/synth.py): its LED is the XOR of every output bit of the
-component, delayed by its register tree, and it counts the flip-flops it adds. And the Yosys
-command that hides the names of array elements' wires."""
+component, delayed by its register tree, and it counts the flip-flops it adds. The Yosys
+command that hides the names of array elements' wires, and the summary of the registers that
+miss the clock in a nextpnr report."""
 
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from synth import YOSYS_HIDE_ELEMENT_WIRES, Harness  # noqa: E402
+from synth import YOSYS_HIDE_ELEMENT_WIRES, Harness, slow_endpoints  # noqa: E402
 
 
 class _Wide(wiring.Component):
@@ -90,3 +91,34 @@ def test_element_wires_lose_their_names(tmp_path):
     assert not after
     assert ports == {"i", "o", "clk", "rst"}
     assert whole == {"reg"}
+
+
+def test_slow_endpoints_groups_the_registers_that_miss_their_clock():
+    def end(cell, port, ns, clock="posedge fast"):
+        return {"cell": cell, "port": port, "delay": [ns / 2, ns], "event": clock}
+
+    report = {
+        "fmax": {"fast": {"achieved": 80.0, "constraint": 100.0},     # 10 ns
+                 "slow": {"achieved": 90.0, "constraint": 50.0}},     # 20 ns
+        "detailed_net_timings": [
+            {"net": "a", "endpoints": [end("core.acc_3_TRELLIS_FF_Q_7", "DI", 11.5),
+                                       end("core.acc_12_TRELLIS_FF_Q", "DI", 12.25),
+                                       end("core.acc_4_TRELLIS_FF_Q_2", "DI", 10.0)]},
+            {"net": "b", "endpoints": [end("core.wgt_1.0.6", "ADA3", 10.5),
+                                       end("core.fifo.storage.0.1$DPRAM_COMB0", "WD", 13.0)]},
+            # late, but its clock allows 20 ns; and one without a constrained clock
+            {"net": "c", "endpoints": [end("core.slow_q", "DI", 15.0, "posedge slow"),
+                                       end("core.io", "D", 30.0, "<async>")]},
+        ],
+    }
+    groups = slow_endpoints(report)
+    assert groups == [
+        {"group": "core.fifo.storage.N.N", "worst_ns": 13.0, "endpoints": 1,
+         "worst": "core.fifo.storage.0.1$DPRAM_COMB0.WD"},
+        {"group": "core.acc_N", "worst_ns": 12.25, "endpoints": 2,
+         "worst": "core.acc_12_TRELLIS_FF_Q.DI"},
+        {"group": "core.wgt_N.N.N", "worst_ns": 10.5, "endpoints": 1,
+         "worst": "core.wgt_1.0.6.ADA3"},
+    ]
+    assert slow_endpoints(report, count=1) == groups[:1]
+    assert slow_endpoints({"fmax": {}, "detailed_net_timings": []}) == []
