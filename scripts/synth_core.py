@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: ECP5 is placed by the analytical placer ``static`` instead of the default ``heap``: for the
 #: same netlist (3658c34) it left 24–31% less wire (523k and 540k against 686k and 780k) and
 #: estimated 61.4 and 71.5 MHz against heap's 53.2 and 49.6 MHz (seeds 1 and 2). It is routed by
-#: the default ``router1``, which is slow here but gets there: on static's placement of 20f2b37
-#: (seed 1) it routed all 189k arcs in 88 minutes, while ``router2`` stalled at 20k overused
-#: wires (47k on heap's placement).
+#: the default ``router1``, which is slow here but gets there: it placed and routed a0490f3 in 101
+#: minutes (79.5 MHz), while ``router2`` stalled at 20k overused wires on static's placement of
+#: 20f2b37 (47k on heap's).
 FLOWS = {
     "up5k": {"config": "up5k", "synth_opts": (), "nextpnr_opts": ()},
     "ecp5": {"config": "ecp5", "synth_opts": (),
