@@ -236,17 +236,19 @@ class Core(wiring.Component):
                      k_valid.eq(q_valid), k_cmd.eq(cmd),
                      d_valid.eq(k_valid), d_cmd.eq(k_cmd),
                      d_refused.eq(k_bad), d_idle.eq(k_idle)]
-        # After D, a command is only read back: E to H carry whether there is one, whether it
-        # is erroneous (it reads 0), whether it reads, and its region.
+        # After D, a command is only read back: E to G carry whether there is one, whether it
+        # is erroneous (it reads 0), whether it reads, and its region; H only whether there is
+        # one (G worked out the response).
         def later(values, stage):
             regs = (Signal(name=f"{stage}_valid"), Signal(name=f"{stage}_error"),
                     Signal(name=f"{stage}_read"), Signal(4, name=f"{stage}_region"))
             m.d.sync += [reg.eq(value) for reg, value in zip(regs, values)]
             return regs
 
-        g_stage = later(later(later((d_valid, d_bad, ~d_cmd.write, d_cmd.region), "e"), "f"), "g")
-        _, g_error, g_read, g_region = g_stage
-        h_valid = later(g_stage, "h")[0]
+        g_valid, g_error, g_read, g_region = later(
+            later(later((d_valid, d_bad, ~d_cmd.write, d_cmd.region), "e"), "f"), "g")
+        h_valid = Signal()
+        m.d.sync += h_valid.eq(g_valid)
 
         # Q: which command is acceptable, and what it touches.
         in_range = Signal()

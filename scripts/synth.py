@@ -255,7 +255,7 @@ def slow_endpoints(report, count=8):
     for net in report.get("detailed_net_timings", []):
         for end in net["endpoints"]:
             clock = end.get("event", "").partition(" ")[2]
-            arrival = max(end["delay"]) if isinstance(end["delay"], list) else end["delay"]
+            arrival = max(end["delay"])         # [min, max]
             if clock not in period or arrival <= period[clock]:
                 continue
             name = re.sub(r"\d+", "N", re.sub(r"_TRELLIS_FF_Q.*|\$.*", "", end["cell"]))
