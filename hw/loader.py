@@ -56,7 +56,8 @@ slot issued in cycle ``c`` is on ``o`` in cycle ``c+7``).
 Steady state: one issued slot per cycle, also across block boundaries; a group whose every slot
 is skipped costs one scan cycle, hidden behind the issue of earlier slots (a block with no
 issued slot at all costs its number of groups). ``o.valid`` and ``o.payload`` are registers.
-A ``zero`` slot has ``act = wgt = 0``.
+The slot of a ``zero`` entry (a block with no issued slot) has ``first = last = 1`` and
+``act = wgt = 0``, so it adds nothing.
 
 Memory interfaces (all reads have 1-cycle latency: the data of the address presented with an
 enabled read in cycle ``t`` is on the data input in cycle ``t+1`` and stays there until the next
@@ -646,9 +647,9 @@ class Loader(wiring.Component):
         d_valid, d_zero, d_first, d_last, d_cog, d_y, d_xg, d_wbank, d_bank, d_l, d_v = (
             delay("d", x) for x in (r_valid, r_zero, r_first, r_last, r_cog, r_y, r_xg,
                                     r_wbank, r_bank, r_l, r_v))
-        e_valid, e_zero, e_first, e_last, e_cog, e_y, e_xg, e_bank, e_l, e_v = (
-            delay("e", x) for x in (d_valid, d_zero, d_first, d_last, d_cog, d_y, d_xg,
-                                    d_bank, d_l, d_v))
+        e_valid, e_first, e_last, e_cog, e_y, e_xg, e_bank, e_l, e_v = (
+            delay("e", x) for x in (d_valid, d_first, d_last, d_cog, d_y, d_xg, d_bank, d_l,
+                                    d_v))
         e_act = [Signal(8 * C, name=f"e_act{b}") for b in range(NB)]
         e_wgt = [Signal(8 * R, name=f"e_wgt{j}") for j in range(C)]
         m.d.sync += [e_act[b].eq(self.act_data[b]) for b in range(NB)]
@@ -672,7 +673,7 @@ class Loader(wiring.Component):
                 v = Mux(fc, e_wgt[j][8 * r:8 * r + 8], row)
                 m.d.comb += pl.wgt[r * C + j].eq(Mux(zero, 0, v.as_signed()))
         m.d.comb += [
-            pl.first.eq(e_first), pl.last.eq(e_last), pl.zero.eq(e_zero),
+            pl.first.eq(e_first), pl.last.eq(e_last),
             pl.tag.cog.eq(e_cog), pl.tag.y.eq(e_y), pl.tag.xg.eq(e_xg),
         ]
 

@@ -9,7 +9,7 @@ Five pipeline stages, one slot per cycle, and no stall anywhere:
    :func:`hw.arith.registered_product`: on ECP5 a MULT18X18D with its input and output
    registers, so stages 1 and 2 are inside the DSP block and the wires to and from it run
    between registers only);
-3. the accumulators add them (``first``: load instead of add; ``zero``: add nothing);
+3. the accumulators add them (``first``: load instead of add);
 4. a block whose last slot was added moves from the accumulators into a shadow register (a
    queue of :meth:`PEArray.credits` of them), while the next block accumulates; the queue's
    head is offered on ``o`` with the block's tag. Each PE has its own copy of the control of
@@ -73,8 +73,7 @@ class PEArray(wiring.Component):
         m = Module()
 
         # The slot's control bits, carried along the stages.
-        ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "zero": 1,
-                                 "tag": block_tag(cfg)})
+        ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "tag": block_tag(cfg)})
         # Stage 0: the slot's weights and control; each row's copy of its activations.
         s0_wgt = Signal.like(self.i.payload.wgt)
         c0 = Signal(ctl)
@@ -86,7 +85,7 @@ class PEArray(wiring.Component):
         m.d.sync += [
             s0_wgt.eq(p.wgt),
             c0.valid.eq(self.i.valid), c0.first.eq(p.first), c0.last.eq(p.last),
-            c0.zero.eq(p.zero), c0.tag.eq(p.tag),
+            c0.tag.eq(p.tag),
             c1.eq(c0), c2.eq(c1),
         ]
         # Stages 1 and 2: the products.
@@ -139,19 +138,19 @@ class PEArray(wiring.Component):
         # finished block goes into (load), whether the queue moves up (shift). Registers loaded
         # with those values worked out for the next cycle (from the next values of store,
         # queued, head_valid and o.ready), so each PE only decodes its own bits.
-        pctl = data.StructLayout({"valid": 1, "first": 1, "zero": 1, "load": Q, "shift": 1})
+        pctl = data.StructLayout({"valid": 1, "first": 1, "load": Q, "shift": 1})
         pnext = Signal(pctl)
         take_next = head_next & self.o_ready_next
         tail_next = Signal(range(Q + 1))
         m.d.comb += [tail_next.eq(queued_next - take_next),
-                     pnext.valid.eq(c1.valid), pnext.first.eq(c1.first), pnext.zero.eq(c1.zero),
+                     pnext.valid.eq(c1.valid), pnext.first.eq(c1.first),
                      pnext.load.eq(Cat((c2.valid & c2.last & (tail_next == q)) for q in range(Q))),
                      pnext.shift.eq(take_next)]
         for k, ctl_k in enumerate(copies(m, pnext.as_value(), N, "pe")):
             pc = data.View(pctl, ctl_k)
             with m.If(pc.valid):
                 m.d.sync += acc[k].eq((Mux(pc.first, Const(0, signed(cfg.acc_bits)), acc[k])
-                                       + Mux(pc.zero, 0, prod[k]))[:cfg.acc_bits])
+                                       + prod[k])[:cfg.acc_bits])
             for q in range(Q):
                 with m.If(pc.load[q]):
                     m.d.sync += shadow[q].acc[k].eq(acc[k])

@@ -32,7 +32,6 @@ def slot_layout(config):
         "wgt": data.ArrayLayout(signed(config.weight_bits), R * C),
         "first": 1,
         "last": 1,
-        "zero": 1,
         "tag": block_tag(config),
     })
 

@@ -148,7 +148,7 @@ def weight_memory(image, cfg):
 # -- expected behaviour -------------------------------------------------------------------------
 
 def expected(plan, image, cfg, x, phys_flags, skip):
-    """The slots the loader hands over, in order: (cog, y, xg, first, last, zero, act, wgt)."""
+    """The slots the loader hands over, in order: (cog, y, xg, first, last, act, wgt)."""
     d, layer = plan.desc, plan.layer
     R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
     words = schedule.slot_words(plan, cfg)
@@ -160,10 +160,10 @@ def expected(plan, image, cfg, x, phys_flags, skip):
     def block(cog, y, xg, slots):
         live = [s for s in slots if s is not None]
         if not live:
-            out.append((cog, y, xg, 1, 1, 1, (0,) * C, (0,) * (R * C)))
+            out.append((cog, y, xg, 1, 1, (0,) * C, (0,) * (R * C)))
             return
         for i, (act, wgt) in enumerate(live):
-            out.append((cog, y, xg, int(i == 0), int(i == len(live) - 1), 0, act, wgt))
+            out.append((cog, y, xg, int(i == 0), int(i == len(live) - 1), act, wgt))
 
     if layer.kind == "conv":
         k, s, p = d["kernel"], d["stride"], d["pad"]
@@ -248,7 +248,7 @@ class Bench:
                                            "act_bytes_read", "weight_bytes_read")}
         lay = slot_layout(cfg)
         self.fields = {}
-        for name in ("act", "wgt", "first", "last", "zero"):
+        for name in ("act", "wgt", "first", "last"):
             f = lay[name]
             self.fields[name] = (f.offset, Shape.cast(f.shape).width)
         tag = lay["tag"]
@@ -283,7 +283,7 @@ class Bench:
         wgt = self._field(v, "wgt")
         sb = lambda b: b - 256 if b >= 128 else b  # noqa: E731
         return (self._field(v, "cog"), self._field(v, "y"), self._field(v, "xg"),
-                self._field(v, "first"), self._field(v, "last"), self._field(v, "zero"),
+                self._field(v, "first"), self._field(v, "last"),
                 tuple(sb((act >> (8 * j)) & 255) for j in range(C)),
                 tuple(sb((wgt >> (8 * i)) & 255) for i in range(R * C)))
 

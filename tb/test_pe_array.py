@@ -2,8 +2,9 @@
 at the credit limit.
 
 The expected blocks come from an integer model of the contract (docs/ARCHITECTURE.md, "Module
-interfaces"): acc[r·C + j] = Σ over the block's non-``zero`` slots of act[j] · wgt[r·C + j]
-(``first`` starts from 0), wrapped to int32, delivered in order with the ``last`` slot's tag.
+interfaces"): acc[r·C + j] = Σ over the block's slots of act[j] · wgt[r·C + j] (``first``
+starts from 0), wrapped to int32, delivered in order with the ``last`` slot's tag. A block with
+no issued slot is one slot of zeros, as the loader sends it.
 """
 
 import random
@@ -27,7 +28,7 @@ def _blocks(cfg, rng, n_blocks, *, big=False):
                "y": rng.randrange(cfg.max_width + 1), "xg": rng.randrange(cfg.max_width + 1)}
         kind = rng.random()
         if kind < 0.15:      # a block with no issued slot
-            slots = [dict(act=[0] * C, wgt=[0] * (R * C), zero=1)]
+            slots = [dict(act=[0] * C, wgt=[0] * (R * C))]
         else:
             n = rng.randint(1, 40 if big else 6)
             slots = []
@@ -39,13 +40,12 @@ def _blocks(cfg, rng, n_blocks, *, big=False):
                     wgt = [w[r] for r in range(R) for _ in range(C)]
                 else:
                     wgt = [rng.randint(-128, 127) for _ in range(R * C)]
-                slots.append(dict(act=act, wgt=wgt, zero=int(rng.random() < 0.1)))
+                slots.append(dict(act=act, wgt=wgt))
         acc = np.zeros(R * C, dtype=np.int64)
         for s in slots:
-            if not s["zero"]:
-                a = np.array(s["act"], dtype=np.int64)
-                w = np.array(s["wgt"], dtype=np.int64).reshape(R, C)
-                acc += (w * a[None, :]).reshape(-1)
+            a = np.array(s["act"], dtype=np.int64)
+            w = np.array(s["wgt"], dtype=np.int64).reshape(R, C)
+            acc += (w * a[None, :]).reshape(-1)
         acc = ((acc + 2 ** 31) % 2 ** 32) - 2 ** 31
         for k, s in enumerate(slots):
             s["first"] = int(k == 0)

@@ -28,7 +28,7 @@ def test_widths(cfg):
     assert [(n, Shape.cast(f.shape).width) for n, f in tag] == [("cog", ch), ("y", wd),
                                                                  ("xg", wd)]
     R, C = cfg.rows, cfg.cols
-    assert slot_layout(cfg).size == 8 * C + 8 * R * C + 3 + tag.size
+    assert slot_layout(cfg).size == 8 * C + 8 * R * C + 2 + tag.size
     assert block_layout(cfg).size == 32 * R * C + tag.size
     assert param_layout(cfg).size == R * layout.PARAM_BITS
     assert (1 << index_width(cfg)) >= cfg.act_words
