@@ -49,7 +49,7 @@ runs concurrently on the previous block: ``R/OW`` cycles (CHW, HWC conv), ``R/(2
 pooled), ``R/(C·OW)`` (fc) or none (the first block of a pool pair, an even ``xg`` of a pooled
 CHW row) — never more than ``R/OW``, so the pipeline never waits for the writer and has no
 stall signal at all. A block whose last step is in cycle ``t`` has its first write on ``wr``
-in cycle ``t+11`` (``t+12`` when pooled: the 2×2 maximum takes a register stage of its own).
+in cycle ``t+14`` (``t+15`` when pooled: the 2×2 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
@@ -174,29 +174,42 @@ class OutputStage(wiring.Component):
         ]
         m.d.sync += ready.eq(self.i_ready_next)
 
-        # Stage A1: select the step's accumulators and parameters.
-        s1 = Signal(stage)
+        # Stages A0 and A1: select the step's accumulators, U to 1, in two steps: A0 by step's
+        # two low bits among each group of four (the wires from the whole PE array end in one
+        # level of logic), A1 by the others. A0 also selects the step's parameters.
+        s0, s1 = Signal(stage), Signal(stage)
+        x0 = [[[Signal(signed(32), name=f"x0_{w}_{j}_{g}") for g in range(-(-U // 4))]
+               for j in range(C)] for w in range(OW)]
         x1 = [[Signal(signed(32), name=f"x1_{w}_{j}") for j in range(C)] for w in range(OW)]
+        p0_b = [Signal(signed(32), name=f"p0_b_{w}") for w in range(OW)]
+        p0_m = [Signal(16, name=f"p0_m_{w}") for w in range(OW)]
+        p0_s = [Signal(5, name=f"p0_s_{w}") for w in range(OW)]
         a_b = [Signal(signed(32), name=f"a_b_{w}") for w in range(OW)]
         a_m = [Signal(16, name=f"a_m_{w}") for w in range(OW)]
         a_s = [Signal(5, name=f"a_s_{w}") for w in range(OW)]
         accs = i.payload.acc
-        m.d.sync += [s1.valid.eq(go), s1.last.eq(step == U - 1), s1.step.eq(step),
-                     s1.tag.eq(i.payload.tag)]
+        m.d.sync += [s0.valid.eq(go), s0.last.eq(step == U - 1), s0.step.eq(step),
+                     s0.tag.eq(i.payload.tag), s1.eq(s0)]
         step_next = Signal(range(U))
         m.d.comb += step_next.eq(Mux(go, Mux(step == U - 1, 0, step + 1), step))
         m.d.sync += step.eq(step_next)
         # step selects among all R·C accumulators: each column j has a copy of it, and the
         # parameters one more (hw/fanout.py); they load step's next value, so they equal step
-        # (in the first cycle after a reset they may not; no block is on i then).
+        # (in the first cycle after a reset they may not; no block is on i then). A1's copies
+        # load step itself, so they equal s0.step.
         step_at = copies(m, step_next, C + 1, "step")
+        step_a1 = copies(m, step, C, "step_a1")
         for w in range(OW):
-            m.d.sync += [a_b[w].eq(Array(pd[r].bias for r in range(w, R, OW))[step_at[C]]),
-                         a_m[w].eq(Array(pd[r].mult for r in range(w, R, OW))[step_at[C]]),
-                         a_s[w].eq(Array(pd[r].shift for r in range(w, R, OW))[step_at[C]])]
+            rs = list(range(w, R, OW))
+            m.d.sync += [p0_b[w].eq(Array(pd[r].bias for r in rs)[step_at[C]]),
+                         p0_m[w].eq(Array(pd[r].mult for r in rs)[step_at[C]]),
+                         p0_s[w].eq(Array(pd[r].shift for r in rs)[step_at[C]]),
+                         a_b[w].eq(p0_b[w]), a_m[w].eq(p0_m[w]), a_s[w].eq(p0_s[w])]
             for j in range(C):
-                m.d.sync += x1[w][j].eq(Array(accs[r * C + j]
-                                              for r in range(w, R, OW))[step_at[j]])
+                for g, x0g in enumerate(x0[w][j]):
+                    m.d.sync += x0g.eq(Array(accs[r * C + j] for r in rs[4 * g:4 * g + 4])
+                                       [step_at[j][:2]])
+                m.d.sync += x1[w][j].eq(Array(x0[w][j])[step_a1[j][2:]])
 
         # Stage A2: fc: the column sum into column 0.
         s2 = Signal(stage)
@@ -207,15 +220,25 @@ class OutputStage(wiring.Component):
         m.d.sync += s2.eq(s1)
         for w in range(OW):
             m.d.sync += [b2[w].eq(a_b[w]), m2[w].eq(a_m[w]), s2_s[w].eq(a_s[w])]
-            fsum = sum(x1[w])[:32].as_signed()
+            fsum = list(x1[w])            # a balanced tree of adds: log2(C) carry chains deep
+            while len(fsum) > 1:
+                fsum = [(fsum[k] + fsum[k + 1])[:32] if k + 1 < len(fsum) else fsum[k]
+                        for k in range(0, len(fsum), 2)]
+            fsum = fsum[0].as_signed()
             m.d.sync += x2[w][0].eq(Mux(desc.kind == 1, fsum, x1[w][0]))
             for j in range(1, C):
                 m.d.sync += x2[w][j].eq(x1[w][j])
 
-        # The geometry of a block's words: worked out from its tag in stages A to D1, at most
-        # one small product per stage (in logic, hw.arith.lut_mul), so that the hand-off below
-        # only copies registers (done_geo). The word address a0 of the first word is, in CHW,
-        # cog·R·out_s + row·out_p + xw, in HWC (row·out_w + col0)·out_q + cog·KB.
+        # The stages after A2: the products (A, B), the rounding (C1, C2), the shift (D1), the
+        # saturation (D2); then the block's bytes are in res.
+        sa, sb, sc, sc2, sd, se = (Signal(stage, name=n)
+                                   for n in ("sa", "sb", "sc", "sc2", "sd", "se"))
+
+        # The geometry of a block's words: worked out from its tag in four stages alongside C1
+        # to D2 (d_geo goes with se), at most one small product per stage (in logic,
+        # hw.arith.lut_mul), so that the hand-off below only copies registers (done_geo). The
+        # word address a0 of the first word is, in CHW, cog·R·out_s + row·out_p + xw, in HWC
+        # (row·out_w + col0)·out_q + cog·KB.
         pool, hwc = desc.pool, desc.out_hwc
         aw = max(index_width(cfg), len(desc.out_s)) + 8
         cow = len(desc.out_c) + R.bit_length() + 1
@@ -230,13 +253,13 @@ class OutputStage(wiring.Component):
                                 # pixel (else no word is written)
         })
 
-        # Geometry, stage A: the block's output row and first column, cog·R (from s2's tag).
-        a_row = Signal.like(s2.tag.y)
-        a_col0 = Signal(len(s2.tag.xg) + C.bit_length())
+        # Geometry, stage A: the block's output row and first column, cog·R (from sb's tag).
+        a_row = Signal.like(sb.tag.y)
+        a_col0 = Signal(len(sb.tag.xg) + C.bit_length())
         a_cogr = Signal(aw)
-        m.d.sync += [a_row.eq(Mux(pool, s2.tag.y >> 1, s2.tag.y)),
-                     a_col0.eq(Mux(pool, s2.tag.xg * H, s2.tag.xg * C)),
-                     a_cogr.eq(lut_mul(s2.tag.cog, R))]
+        m.d.sync += [a_row.eq(Mux(pool, sb.tag.y >> 1, sb.tag.y)),
+                     a_col0.eq(Mux(pool, sb.tag.xg * H, sb.tag.xg * C)),
+                     a_cogr.eq(lut_mul(sb.tag.cog, R))]
         # Geometry, stage B: row·out_p, cog·R·out_s, row·out_w, col0·out_q, the columns
         # left from col0.
         b_rowp, b_cogs, b_roww, b_col0q = (Signal(aw, name=f"b_{n}")
@@ -250,14 +273,15 @@ class OutputStage(wiring.Component):
         # of at most 18 × 18 bits, x_lo·m and x_hi·m (x = x_hi·2¹⁶ + x_lo, x_lo unsigned), each
         # from registered_product: its operand registers are stage A's, its product registers
         # stage B's (on ECP5 both inside a DSP block). Stage C adds them up.
-        sa, sb = Signal(stage), Signal(stage)
         a_s2 = [Signal(5, name=f"a_s2_{w}") for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
+        b_rnd = [Signal(32, name=f"b_rnd_{w}") for w in range(OW)]
         b_lo = [[None] * C for _ in range(OW)]      # x_lo·m: 32 bits, unsigned
         b_hi = [[None] * C for _ in range(OW)]      # x_hi·m: 32 bits, signed
         m.d.sync += [sa.eq(s2), sb.eq(sa)]
         for w in range(OW):
-            m.d.sync += [a_s2[w].eq(s2_s[w]), b_s[w].eq(a_s2[w])]
+            m.d.sync += [a_s2[w].eq(s2_s[w]), b_s[w].eq(a_s2[w]),
+                         b_rnd[w].eq((Const(1, 33) << a_s2[w])[1:33])]
             mult = Cat(m2[w], Const(0, 1))          # 17 bits: non-negative as signed
             for j in range(C):
                 x = (x2[w][j] + b2[w])[:32]
@@ -266,33 +290,58 @@ class OutputStage(wiring.Component):
                 b_hi[w][j] = registered_product(m, x[16:], mult,
                                                 f"mul_hi_{w}_{j}", platform)[:32].as_signed()
 
-        # Stage C: add the rounding constant; CHW: cog·R·out_s + row·out_p; HWC: row·out_w·out_q
-        # and col0·out_q + cog·KB.
-        sc = Signal(stage)
+        # Stages C1 and C2: t = x·m + rnd = x_hi·m·2¹⁶ + (x_lo·m + rnd), one carry chain each:
+        # C1 adds the rounding constant rnd = 2^(s−1) (registered in stage B) to x_lo·m (33
+        # bits), C2 adds the upper 17 bits of that to x_hi·m.
+        c_u = [[Signal(33, name=f"c_u_{w}_{j}") for j in range(C)] for w in range(OW)]
+        c_h = [[Signal(signed(32), name=f"c_h_{w}_{j}") for j in range(C)] for w in range(OW)]
         c_t = [[Signal(signed(50), name=f"c_t_{w}_{j}") for j in range(C)] for w in range(OW)]
         c_s = [Signal(5, name=f"c_s_{w}") for w in range(OW)]
+        c2_s = [Signal(5, name=f"c2_s_{w}") for w in range(OW)]
+        m.d.sync += [sc.eq(sb), sc2.eq(sc)]
+        for w in range(OW):
+            m.d.sync += [c_s[w].eq(b_s[w]), c2_s[w].eq(c_s[w])]
+            for j in range(C):
+                m.d.sync += [c_u[w][j].eq(b_lo[w][j] + b_rnd[w]), c_h[w][j].eq(b_hi[w][j]),
+                             c_t[w][j].eq(Cat(c_u[w][j][:16],
+                                              c_h[w][j] + c_u[w][j][16:]).as_signed())]
+
+        # Geometry, stage C: CHW: cog·R·out_s + row·out_p; HWC: row·out_w·out_q and
+        # col0·out_q + cog·KB.
         c_chw, c_rowq, c_colq = (Signal(aw, name=f"c_{n}") for n in ("chw", "rowq", "colq"))
         c_ncols = Signal.like(b_ncols)
-        m.d.sync += [sc.eq(sb), c_chw.eq(b_cogs + b_rowp),
-                     c_rowq.eq(lut_mul(b_roww, desc.out_q)),
-                     c_colq.eq(b_col0q + lut_mul(sb.tag.cog, KB)), c_ncols.eq(b_ncols)]
-        for w in range(OW):
-            rnd = (Const(1, 33) << b_s[w])[1:33]
-            m.d.sync += c_s[w].eq(b_s[w])
-            for j in range(C):
-                m.d.sync += c_t[w][j].eq((b_hi[w][j] << 16) + b_lo[w][j] + rnd)
+        m.d.sync += [c_chw.eq(b_cogs + b_rowp), c_rowq.eq(lut_mul(b_roww, desc.out_q)),
+                     c_colq.eq(b_col0q + lut_mul(sc2.tag.cog, KB)), c_ncols.eq(b_ncols)]
 
-        # Stage D1: shift; the block's geometry.
-        sd = Signal(stage)
+        # Stage D1: shift.
         d_y = [[Signal(signed(50), name=f"d_y_{w}_{j}") for j in range(C)] for w in range(OW)]
+        m.d.sync += sd.eq(sc2)
+        for w in range(OW):
+            for j in range(C):
+                m.d.sync += d_y[w][j].eq(c_t[w][j] >> c2_s[w])
+
+        # Stage D2: ReLU, saturate. y > 127 and y < -128 as reductions of y's bits above the
+        # byte (as comparisons they are 50-bit carry chains).
+        e_y = [[Signal(act8, name=f"e_y_{w}_{j}") for j in range(C)] for w in range(OW)]
+        m.d.sync += se.eq(sd)
+        for w in range(OW):
+            for j in range(C):
+                y = d_y[w][j]
+                neg, high = y[-1], y[7:]
+                with m.If(desc.relu & neg):
+                    m.d.sync += e_y[w][j].eq(0)
+                with m.Elif(~neg & high.any()):
+                    m.d.sync += e_y[w][j].eq(127)
+                with m.Elif(neg & ~high.all()):
+                    m.d.sync += e_y[w][j].eq(-128)
+                with m.Else():
+                    m.d.sync += e_y[w][j].eq(y[:8])
+
+        # Geometry, stage D: the block's (goes with se).
         d_geo = Signal(geo)
-        ct = sc.tag
+        ct = sd.tag
         xw = Mux(pool, ct.xg >> 1, ct.xg)
         cc = Mux(pool, H, C)
-        m.d.sync += sd.eq(sc)
-        for w in range(OW):
-            for j in range(C):
-                m.d.sync += d_y[w][j].eq(c_t[w][j] >> c_s[w])
         m.d.sync += [d_geo.pair.eq(pool & ~ct.y[0]),
                      d_geo.hold.eq(pool & ct.y[0] & ~hwc & ~ct.xg[0] & (ct.xg != desc.xgs - 1)),
                      d_geo.odd.eq(~hwc & ct.xg[0])]
@@ -312,31 +361,17 @@ class OutputStage(wiring.Component):
             with m.Else():
                 m.d.sync += d_geo.J.eq(c_ncols)
 
-        # Stage D2: ReLU, saturate into the result buffer.
+        # The step's bytes into the result buffer.
         res = [[Signal(act8, name=f"res_{r}_{j}") for j in range(C)] for r in range(R)]
         done_geo = Signal(geo)
-        m.d.sync += done.eq(sd.valid & sd.last)
-        with m.If(sd.valid & sd.last):
+        m.d.sync += done.eq(se.valid & se.last)
+        with m.If(se.valid & se.last):
             m.d.sync += done_geo.eq(d_geo)
-        with m.If(sd.valid):
-            for w in range(OW):
-                for j in range(C):
-                    # y > 127 and y < -128 as reductions of y's bits above the byte (as
-                    # comparisons they are 50-bit carry chains).
-                    y = d_y[w][j]
-                    neg, high = y[-1], y[7:]
-                    ys = Signal(act8, name=f"ys_{w}_{j}")
-                    with m.If(desc.relu & neg):
-                        m.d.comb += ys.eq(0)
-                    with m.Elif(~neg & high.any()):
-                        m.d.comb += ys.eq(127)
-                    with m.Elif(neg & ~high.all()):
-                        m.d.comb += ys.eq(-128)
-                    with m.Else():
-                        m.d.comb += ys.eq(y[:8])
-                    for u in range(U):
-                        with m.If(sd.step == u):
-                            m.d.sync += res[u * OW + w][j].eq(ys)
+        with m.If(se.valid):
+            for u in range(U):
+                with m.If(se.step == u):
+                    m.d.sync += [res[u * OW + w][j].eq(e_y[w][j])
+                                 for w in range(OW) for j in range(C)]
 
         # ---- hand-off: res → pool buffer / hold buffer / writer ------------------------------
         pbuf = [[Signal(act8, name=f"pbuf_{r}_{j}") for j in range(C)] for r in range(R)]
@@ -353,9 +388,9 @@ class OutputStage(wiring.Component):
         # the buffers (each row's R·C/R bytes get their own). done_geo holds through late (the
         # next block's last step comes U ≥ 2 cycles after done).
         # take_pair = done & done_geo.pair: res → pbuf
-        take_pair = copies(m, sd.valid & sd.last & d_geo.pair, R, "take_pair")
+        take_pair = copies(m, se.valid & se.last & d_geo.pair, R, "take_pair")
         # take_res = done & ~pool: res → wbuf, the writer starts
-        take_res = copies(m, sd.valid & sd.last & ~pool, R, "take_res")
+        take_res = copies(m, se.valid & se.last & ~pool, R, "take_res")
         # late_hold = late & done_geo.hold: pm → hold
         late_hold = copies(m, done & pool & ~done_geo.pair & done_geo.hold, R, "late_hold")
         # late_write = late & ~done_geo.hold: pm (and hold) → wbuf, the writer starts
@@ -461,7 +496,7 @@ class OutputStage(wiring.Component):
             nflag.append(flag & s_en[w])
         m.d.sync += self.flagged.eq(sum(nflag))
 
-        in_flight = Cat(st.valid for st in (s1, s2, sa, sb, sc, sd))
+        in_flight = Cat(st.valid for st in (s0, s1, s2, sa, sb, sc, sc2, sd, se))
         m.d.comb += self.idle.eq(~i.valid & ~in_flight.any() & ~done & ~late & ~wbusy
                                  & ~v_en.any() & ~s_en.any())
         return m
