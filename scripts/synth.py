@@ -11,8 +11,9 @@ LUTs; the platform adds its reset synchronizer (and on iCE40 a power-on-reset co
 Targets (:data:`TARGETS`):
 
 ``ecp5``
-    ULX3S 85F (LFE5U-85F-6, BG381): ``synth_ecp5`` (abc9 is Yosys' default mapper),
-    ``nextpnr-ecp5``.
+    ULX3S 85F (LFE5U-85F-6, BG381): ``synth_ecp5`` (abc9 is Yosys' default mapper), then
+    ``scripts/bram_outreg.py`` (the registers behind block RAM read ports move into the block
+    RAMs' output registers; what it did is ``bram_outreg`` in the results), ``nextpnr-ecp5``.
 ``up5k``
     iCEBreaker (iCE40UP5K, SG48): ``synth_ice40 -dsp`` (SB_MAC16 inference is off without
     ``-dsp``; ``-spram`` also lets Yosys infer SB_SPRAM256KA), ``nextpnr-ice40``.
@@ -36,6 +37,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -314,7 +316,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     :data:`YOSYS_HIDE_ELEMENT_WIRES`).
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
-    ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``; ``fmax_mhz`` (slowest
+    ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``, ``bram_outreg``
+    (:func:`bram_outreg.absorb`'s outcome); ``fmax_mhz`` (slowest
     clock), ``fmax_by_clock``, ``critical_paths`` (:func:`critical_paths`),
     ``slow_endpoints`` (:func:`slow_endpoints`), ``constraint_mhz``,
     ``harness_ff``, ``cells`` (Yosys cell counts), ``wall_s``, ``target``, ``build_dir``.
@@ -327,6 +330,7 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     build_dir.mkdir(parents=True, exist_ok=True)
     report = build_dir / "report.json"
     report.unlink(missing_ok=True)
+    (build_dir / BRAM_OUTREG_SUMMARY).unlink(missing_ok=True)
 
     t0 = time.monotonic()
     top = top_factory()
@@ -348,6 +352,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
         verbose=not quiet,
         **overrides,
     )
+    if target == "ecp5":
+        _absorb_bram_registers(plan, name)
     plan.execute_local(build_dir, env=toolchain_env())
     wall = time.monotonic() - t0
 
@@ -358,7 +364,25 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
                slow_endpoints=slow_endpoints(nextpnr_report), constraint_mhz=mhz,
                harness_ff=harness_ff, cells=cells, wall_s=round(wall, 1),
                build_dir=str(build_dir))
+    if target == "ecp5":
+        res["bram_outreg"] = json.loads((build_dir / BRAM_OUTREG_SUMMARY).read_text())
     return res
+
+
+#: What scripts/bram_outreg.py did to an ECP5 netlist, in the build folder.
+BRAM_OUTREG_SUMMARY = "bram_outreg.json"
+
+
+def _absorb_bram_registers(plan, name):
+    """Make ``plan`` run scripts/bram_outreg.py on the netlist between Yosys and nextpnr."""
+    script = f"{plan.script}.sh"
+    marker = '"$NEXTPNR_ECP5"'
+    if marker not in plan.files[script]:
+        raise RuntimeError(f"{script} has no {marker} step to put bram_outreg.py before")
+    step = " ".join(shlex.quote(str(a)) for a in (
+        sys.executable, Path(__file__).with_name("bram_outreg.py"), f"{name}.json",
+        "--summary", BRAM_OUTREG_SUMMARY))
+    plan.files[script] = plan.files[script].replace(marker, f"{step}\n{marker}", 1)
 
 
 _ROWS = [
