@@ -242,6 +242,14 @@ def markdown(entries, versions, wall, command):
             crit = _crit_summary(e)
             if crit:
                 lines.append(f"* {e['target']} critical path: {crit}.")
+            if e.get("bram_outreg"):
+                o = e["bram_outreg"]
+                lines.append(
+                    f"* {e['target']}: `scripts/bram_outreg.py` moved {o.get('flip-flops', 0)} "
+                    f"flip-flops into the output registers of {o.get('absorbed', 0)} block RAM "
+                    "read ports; ports left alone: " + ", ".join(
+                        f"{v} {k}" for k, v in sorted(o.items())
+                        if k not in ("absorbed", "flip-flops")) + ".")
             if e.get("slow_endpoints"):
                 lines.append(f"* {e['target']}: the registers that miss "
                              f"{e['constraint_mhz']:g} MHz, by signal (`N` stands for any "
