@@ -156,12 +156,12 @@ class OutputStage(wiring.Component):
                                     & (data_cog == self.i_cog_next))
 
         # ---- requantization pipeline --------------------------------------------------------
-        # It never stalls: a block's steps enter stage A1 at most one per cycle, so consecutive
+        # It never stalls: a block's steps enter stage A0 at most one per cycle, so consecutive
         # blocks reach the hand-off at least U cycles apart, and the writer needs at most U
         # cycles for a block (module docstring), so it is always free in time.
         step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
         done = Signal()                  # res holds a complete block (geometry in done_geo)
-        go = Signal()                    # stage A1 takes a step of the block on i
+        go = Signal()                    # stage A0 takes a step of the block on i
         # Within a block (step > 0) the block stays on i and its parameters stay ready, so the
         # block is accepted exactly when its last step is taken: i.ready is a register (U ≥ 2).
         # ready's next value is Mux(go, step == U - 2, step == U - 1); within a block go is
