@@ -154,8 +154,8 @@ def main(argv=None):
     if args.summary:
         with open(args.summary, "w") as f:
             json.dump(outcome, f, indent=1, sort_keys=True)
-    print("bram_outreg: " + ", ".join(f"{k}: {v}" for k, v in sorted(outcome.items())),
-          file=sys.stderr)
+    print("bram_outreg: " + (", ".join(f"{k}: {v}" for k, v in sorted(outcome.items()))
+                             or "no DP16KD"), file=sys.stderr)
 
 
 if __name__ == "__main__":
