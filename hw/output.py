@@ -272,7 +272,7 @@ class OutputStage(wiring.Component):
         # Stages A and B: add the bias, multiply. The 32 × 16-bit product x·m is two products
         # of at most 18 × 18 bits, x_lo·m and x_hi·m (x = x_hi·2¹⁶ + x_lo, x_lo unsigned), each
         # from registered_product: its operand registers are stage A's, its product registers
-        # stage B's (on ECP5 both inside a DSP block). Stage C adds them up.
+        # stage B's (on ECP5 both inside a DSP block). Stages C1 and C2 add them up.
         a_s2 = [Signal(5, name=f"a_s2_{w}") for w in range(OW)]
         b_s = [Signal(5, name=f"b_s_{w}") for w in range(OW)]
         b_rnd = [Signal(32, name=f"b_rnd_{w}") for w in range(OW)]
