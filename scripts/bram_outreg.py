@@ -74,7 +74,7 @@ def _readers(module):
 
 
 def _plan(cells, readers, ram, side):
-    """("absorb", {DO pin: flip-flop name}, clock enable bits) or (reason, None, None)."""
+    """("absorbed", {DO pin: flip-flop name}, clock enable bits) or (reason, None, None)."""
     conn = ram["connections"]
     if _param(ram, f"REGMODE_{side}", "NOREG") != "NOREG":
         return "registered already", None, None

@@ -30,19 +30,19 @@ def _cell(type_, params, inputs, outputs):
             "connections": {**inputs, **outputs}}
 
 
-def _netlist(*, width=18, rstb="0", ff=None, ff_at=None, extra_reader=False):
+def _netlist(*, width=18, rstb="0", ram=None, ff=None, ff_at=None, extra_reader=False):
     """A DP16KD read on port B (DOB0..3, each into a flip-flop whose output a LUT reads);
-    port A's outputs read by nothing. ``ff`` overrides the flip-flops' parameters and
-    connections, ``ff_at`` those of the first flip-flop only."""
-    ram = _cell("DP16KD",
+    port A's outputs read by nothing. ``ram`` overrides the block RAM's parameters, ``ff`` the
+    flip-flops' parameters and connections, ``ff_at`` those of the first flip-flop only."""
+    ram_cell = _cell("DP16KD",
                 {"DATA_WIDTH_A": f"{width:032b}", "DATA_WIDTH_B": f"{width:032b}",
                  "REGMODE_A": "NOREG", "REGMODE_B": "NOREG", "CLKAMUX": "CLKA",
-                 "CLKBMUX": "CLKB", "GSR": "DISABLED"},
+                 "CLKBMUX": "CLKB", "GSR": "DISABLED", **(ram or {})},
                 {"CLKA": [CLK], "CLKB": [CLK], "RSTA": ["0"], "RSTB": [rstb], "OCEA": ["1"],
                  "OCEB": ["1"]},
                 {**{f"DOB{n}": [DO[n]] for n in range(18)},
                  **{f"DOA{n}": [40 + n] for n in range(18)}})
-    cells = {"ram": ram}
+    cells = {"ram": ram_cell}
     for n in range(len(Q)):
         params = {"CEMUX": "1 ", "CLKMUX": "CLK", "GSR": "DISABLED", "LSRMUX": "LSR",
                   "REGSET": "RESET", "SRMODE": "ASYNC"}
@@ -92,6 +92,8 @@ def test_a_shared_clock_enable_drives_the_output_register():
     ({"ff_at": {"params": {"CEMUX": "CE"}, "conns": {"CE": [CE]}}}, "several clock enables"),
     ({"ff_at": {"params": {"CEMUX": "INV"}}}, "inverted clock enable"),
     ({"rstb": LSR}, "reset"),
+    ({"ram": {"CLKBMUX": "INV"}}, "inverted clock"),
+    ({"ram": {"REGMODE_B": "OUTREG"}}, "registered already"),
     ({"width": 36}, "pseudo-dual-port"),
 ])
 def test_a_port_that_would_change_is_left_alone(kwargs, reason):
