@@ -25,7 +25,8 @@ from .tags import descriptor_layout
 
 __all__ = ["Core", "bus_layouts", "YOSYS_NO_COLLISIONS"]
 
-#: Host words per parameter memory: 288 bits, eight 36-bit block RAMs on ECP5.
+#: Host words per parameter memory, at most: a parameter row wider than this is split into
+#: memories of its own, each with an address register next to its block RAMs.
 PARAM_LANES = 9
 
 #: Yosys command for a design holding the core, run after reading it: the read data of a
@@ -115,7 +116,7 @@ class Core(wiring.Component):
         m.submodules.output = out = OutputStage(cfg)
         wiring.connect(m, loader.o, pe.i)
         wiring.connect(m, pe.o, out.i)
-        m.d.comb += [pe.o_ready_next.eq(out.i_ready_next), out.i_cog_next.eq(pe.o_cog_next)]
+        m.d.comb += pe.o_ready_next.eq(out.i_ready_next)
         # The loader's credit comes back through a register when the output stage takes a
         # block from the PE array.
         m.d.sync += loader.block_done.eq(out.i.valid & out.i.ready)
@@ -164,11 +165,11 @@ class Core(wiring.Component):
         wgt = [memory(f"wgt_{j}", chunked[Region.WEIGHT], cfg.weight_words // C)
                for j in range(C)]
         mask = memory("mask", cfg.group_bits, cfg.mask_words)
-        # The parameter rows (R·53 bits) are split into memories of PARAM_LANES host words
+        # The parameter rows (OW·53 bits) are split into memories of PARAM_LANES host words
         # each, so that each has its own address register next to its block RAMs.
         pgroups = [range(g, min(g + PARAM_LANES, lanes[Region.PARAM]))
                    for g in range(0, lanes[Region.PARAM], PARAM_LANES)]
-        params = [memory(f"param_{n}", len(g) * layout.CHUNK_BITS, cfg.param_words)
+        params = [memory(f"param_{n}", len(g) * layout.CHUNK_BITS, rows[Region.PARAM][1])
                   for n, g in enumerate(pgroups)]
         desc_mem = memory("desc", chunked[Region.DESC], cfg.max_layers)
         count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
@@ -186,7 +187,8 @@ class Core(wiring.Component):
         param_r = [mem.read_port() for mem in params]
         param_w = [mem.write_port(granularity=layout.CHUNK_BITS if len(g) > 1 else None)
                    for mem, g in zip(params, pgroups)]
-        param_data = Cat(port.data for port in param_r)
+        # The rows' bits (the padding to whole host words is never read: it reads as 0).
+        param_data = Cat(port.data for port in param_r)[:rows[Region.PARAM][0]]
         desc_r, desc_w = desc_mem.read_port(), chunk_port(desc_mem, Region.DESC)
         count_r, count_w = count.read_port(), count.write_port()
 
@@ -355,18 +357,16 @@ class Core(wiring.Component):
         # Each parameter memory has a register of its own for its address (read and write:
         # the output stage's param_addr while busy, the host's row while idle) and for the
         # host's data word. They take the next values: the read port keeps its latency.
-        p_addr_next = Signal(range(cfg.param_words))
+        p_addr_next = Signal(range(rows[Region.PARAM][1]))
         m.d.comb += p_addr_next.eq(Mux(busy_next, out.param_addr_next, k_prow))
         p_addr = copies(m, p_addr_next, len(pgroups), "param_addr")
         p_word = copies(m, k_cmd.data[:layout.CHUNK_BITS], len(pgroups), "param_word")
         p_en = strobe("param", lanes[Region.PARAM],
                       Mux(k_cmd.region == Region.PARAM, k_planes, 0))
-        p_bits = Const((1 << rows[Region.PARAM][0]) - 1, chunked[Region.PARAM])
         for n, g in enumerate(pgroups):
-            lo, hi = g.start * layout.CHUNK_BITS, g.stop * layout.CHUNK_BITS
             m.d.comb += [param_r[n].addr.eq(p_addr[n]), param_r[n].en.eq(1),
                          param_w[n].addr.eq(p_addr[n]),
-                         param_w[n].data.eq(Cat(*[p_word[n]] * len(g)) & p_bits[lo:hi]),
+                         param_w[n].data.eq(Cat(*[p_word[n]] * len(g))),
                          param_w[n].en.eq(p_en[g.start:g.stop])]
 
         # -- read back. E gets the memories' read data and registers it as it is (F): block
@@ -546,10 +546,6 @@ class Core(wiring.Component):
                 with m.If(store == len(COUNTERS) - 1):
                     m.d.sync += layer.eq(layer + 1)
                     m.next = "LOAD"
-        # The output stage's start: a register, high in CHECK (desc is the new layer's then).
-        out_start = Signal()
-        m.d.sync += out_start.eq(fsm.ongoing("DECODE"))
-        m.d.comb += out.start.eq(out_start)
         m.d.sync += drained.eq(fsm.ongoing("RUN") & loader.done & (blocks == 0) & out.idle
                                & ~pe.o.valid & ~pe.i.valid)
         return m

@@ -11,26 +11,16 @@ Ports
     hold a block until it is accepted, as streams do).
 ``i_ready_next`` (out)
     The value ``i.ready`` takes in the next cycle (for the PE array's copies of it).
-``i_cog_next`` (in)
-    The value ``i.payload.tag.cog`` takes in the next cycle (the PE array knows it), so that
-    whether a block's parameters are ready is a register.
 ``desc``, ``epsilon``
-    The current layer's descriptor and ε; they may change only in a ``start`` cycle or the
-    cycle after it, and must stay constant while ``idle`` is low.
-``start``
-    High for a cycle when a layer starts (with its ``desc``, before its first block): the
-    parameter port's history is forgotten (it may have served someone else meanwhile) and the
-    parameters of ``cog`` 0 are fetched, so a layer's timing never depends on what ran before.
-``param_addr`` (out), ``param_data`` (in, ``R·53`` bits, :func:`hw.tags.param_layout`)
+    The current layer's descriptor and ε; constant while ``idle`` is low.
+``param_addr`` (out), ``param_data`` (in, ``OW·53`` bits, :func:`hw.tags.param_layout`)
     A read port of the output-parameter memory with one cycle of latency: ``param_data`` in
     cycle ``t`` must be the word at the ``param_addr`` of cycle ``t−1`` (a synchronous read
-    port, enabled always since the last ``start``); the stage registers it before use.
-    ``param_addr`` is a register (it drives a memory as wide as ``R`` parameter sets, spread
-    over many block RAMs): in cycle ``t`` it is ``desc.pbase + cog`` with the ``cog`` of the
-    block on ``i`` in cycle ``t−1`` or, while there was none, of the layer's previous block
-    (0 before its first). A block waits three cycles for its parameters only when its ``cog``
-    differs from the previous block's. ``param_addr_next`` is the value ``param_addr`` takes in
-    the next cycle (for copies of it next to the memory's block RAMs).
+    port, enabled in every cycle in which a block is on ``i``); the stage registers it before
+    use. Each requantization step reads the parameters of its own ``OW`` channels, row
+    ``(desc.pbase + cog)·S + step`` (:func:`sw.layout.param_steps`), so a block never waits
+    for them. ``param_addr`` is a register; ``param_addr_next`` is the value it takes in the
+    next cycle (for a register of the memory's own next to its block RAMs).
 ``wr[w]`` for ``w < OW``: ``en``, ``index``, ``data``, ``flag``
     Registered write lanes; the lanes enabled in one cycle address distinct banks. A word is
     written exactly once; ``flag`` is the tile's flag bit (its data is then all zeros).
@@ -60,6 +50,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from sw.config import ConfigError
+from sw.layout import param_steps
 
 from .arith import lut_mul, registered_product
 from .fanout import KEEP, copies
@@ -98,12 +89,10 @@ class OutputStage(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(block_layout(config))),
             "i_ready_next": Out(1),
-            "i_cog_next": In(block_tag(config).members["cog"]),
             "desc": In(descriptor_layout(config)),
             "epsilon": In(8),
-            "start": In(1),
-            "param_addr": Out(config.param_words.bit_length()),
-            "param_addr_next": Out(config.param_words.bit_length()),
+            "param_addr": Out(_clog2(config.param_words * param_steps(config))),
+            "param_addr_next": Out(_clog2(config.param_words * param_steps(config))),
             "param_data": In(param_layout(config)),
             "wr": Out(write_lane_signature(config)).array(OW),
             "flagged": Out(range(OW + 1)),
@@ -125,36 +114,6 @@ class OutputStage(wiring.Component):
         stage = data.StructLayout({"valid": 1, "last": 1, "step": range(U), "tag": tagl})
         act8 = signed(8)
 
-        # ---- parameters: param_addr registers the address pbase + cog of the cog wanted now;
-        # param_data belongs to last cycle's param_addr and is registered (pd) before use, so
-        # pd holds the parameters of the (pbase, cog) wanted three cycles ago. The block's cog
-        # is compared with that cog, not its address (no adder after the PE array's tag).
-        want = Signal.like(i.payload.tag.cog)
-        cog_q = Signal.like(want)                   # the layer's previous block's cog
-        # The (pbase, cog) of param_addr, and of param_data (the one pd gets next).
-        addr_cog, data_cog = (Signal.like(want, name=f"{n}_cog") for n in ("addr", "data"))
-        addr_pbase, data_pbase = (Signal.like(desc.pbase, name=f"{n}_pbase")
-                                  for n in ("addr", "data"))
-        paddr_ok = Signal(3)                        # shift register: all ones 3 cycles after start
-        pd = Signal.like(self.param_data)
-        m.d.comb += want.eq(Mux(i.valid, i.payload.tag.cog, cog_q))
-        m.d.comb += self.param_addr_next.eq(desc.pbase + want)
-        m.d.sync += [self.param_addr.eq(self.param_addr_next), addr_cog.eq(want),
-                     data_cog.eq(addr_cog), addr_pbase.eq(desc.pbase),
-                     data_pbase.eq(addr_pbase),
-                     paddr_ok.eq(Cat(1, paddr_ok[:2])), pd.eq(self.param_data)]
-        with m.If(i.valid):
-            m.d.sync += cog_q.eq(i.payload.tag.cog)
-        with m.If(self.start):
-            m.d.sync += [cog_q.eq(0), paddr_ok.eq(0)]
-        # params_ready: pd holds the parameters of the block on i, three cycles after a start.
-        # A register, worked out from the next values of its terms: pd's (pbase, cog) will be
-        # data's, the block's cog will be i_cog_next (desc is constant within a layer, and no
-        # block is on i when a layer starts).
-        params_ready = Signal()
-        m.d.sync += params_ready.eq(paddr_ok[1] & ~self.start & (data_pbase == desc.pbase)
-                                    & (data_cog == self.i_cog_next))
-
         # ---- requantization pipeline --------------------------------------------------------
         # It never stalls: a block's steps enter stage A0 at most one per cycle, so consecutive
         # blocks reach the hand-off at least U cycles apart, and the writer needs at most U
@@ -162,13 +121,13 @@ class OutputStage(wiring.Component):
         step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
         done = Signal()                  # res holds a complete block (geometry in done_geo)
         go = Signal()                    # stage A0 takes a step of the block on i
-        # Within a block (step > 0) the block stays on i and its parameters stay ready, so the
-        # block is accepted exactly when its last step is taken: i.ready is a register (U ≥ 2).
+        # Within a block (step > 0) the block stays on i, so it is accepted exactly when its
+        # last step is taken: i.ready is a register (U ≥ 2).
         # ready's next value is Mux(go, step == U - 2, step == U - 1); within a block go is
         # high, so for U ≥ 3 it is step == U - 2 (no path from go to the PE array's copies).
         ready = Signal()
         m.d.comb += [
-            go.eq(i.valid & params_ready),
+            go.eq(i.valid),
             i.ready.eq(ready),
             self.i_ready_next.eq(step == U - 2 if U >= 3 else go & (step == 0)),
         ]
@@ -176,17 +135,11 @@ class OutputStage(wiring.Component):
 
         # Stages A0 and A1: select the step's accumulators, U to 1, in two steps: A0 by step's
         # two low bits among each group of four (the wires from the whole PE array end in one
-        # level of logic), A1 by the others. A0 also selects the step's parameters.
+        # level of logic), A1 by the others.
         s0, s1 = Signal(stage), Signal(stage)
         x0 = [[[Signal(signed(32), name=f"x0_{w}_{j}_{g}") for g in range(-(-U // 4))]
                for j in range(C)] for w in range(OW)]
         x1 = [[Signal(signed(32), name=f"x1_{w}_{j}") for j in range(C)] for w in range(OW)]
-        p0_b = [Signal(signed(32), name=f"p0_b_{w}") for w in range(OW)]
-        p0_m = [Signal(16, name=f"p0_m_{w}") for w in range(OW)]
-        p0_s = [Signal(5, name=f"p0_s_{w}") for w in range(OW)]
-        a_b = [Signal(signed(32), name=f"a_b_{w}") for w in range(OW)]
-        a_m = [Signal(16, name=f"a_m_{w}") for w in range(OW)]
-        a_s = [Signal(5, name=f"a_s_{w}") for w in range(OW)]
         accs = i.payload.acc
         m.d.sync += [s0.valid.eq(go), s0.last.eq(step == U - 1), s0.step.eq(step),
                      s0.tag.eq(i.payload.tag), s1.eq(s0)]
@@ -194,32 +147,35 @@ class OutputStage(wiring.Component):
         m.d.comb += step_next.eq(Mux(go, Mux(step == U - 1, 0, step + 1), step))
         m.d.sync += step.eq(step_next)
         # step selects among all R·C accumulators: each column j has a copy of it, and the
-        # parameters one more (hw/fanout.py); they load step's next value, so they equal step
-        # (in the first cycle after a reset they may not; no block is on i then). A1's copies
-        # load step itself, so they equal s0.step.
+        # parameter address one more (hw/fanout.py); they load step's next value, so they equal
+        # step (in the first cycle after a reset they may not; no block is on i then). A1's
+        # copies load step itself, so they equal s0.step.
         step_at = copies(m, step_next, C + 1, "step")
         step_a1 = copies(m, step, C, "step_a1")
         for w in range(OW):
             rs = list(range(w, R, OW))
-            m.d.sync += [p0_b[w].eq(Array(pd[r].bias for r in rs)[step_at[C]]),
-                         p0_m[w].eq(Array(pd[r].mult for r in rs)[step_at[C]]),
-                         p0_s[w].eq(Array(pd[r].shift for r in rs)[step_at[C]]),
-                         a_b[w].eq(p0_b[w]), a_m[w].eq(p0_m[w]), a_s[w].eq(p0_s[w])]
             for j in range(C):
                 for g, x0g in enumerate(x0[w][j]):
                     m.d.sync += x0g.eq(Array(accs[r * C + j] for r in rs[4 * g:4 * g + 4])
                                        [step_at[j][:2]])
                 m.d.sync += x1[w][j].eq(Array(x0[w][j])[step_a1[j][2:]])
 
+        # The parameters of the step A0 takes: its row of the parameter memory is addressed
+        # now (param_addr_next), registered in param_addr, read, and registered in pd, which
+        # then holds them in the cycle the step's accumulators are in x2, where they are used.
+        # (With no block on i the address is anything and no step is taken.)
+        pw = _clog2(cfg.param_words)
+        pd = Signal.like(self.param_data)
+        m.d.comb += self.param_addr_next.eq(Cat(step_at[C],
+                                                (desc.pbase + i.payload.tag.cog)[:pw]))
+        m.d.sync += [self.param_addr.eq(self.param_addr_next), pd.eq(self.param_data)]
+        b2, m2, s2_s = ([getattr(pd[w], f) for w in range(OW)] for f in ("bias", "mult", "shift"))
+
         # Stage A2: fc: the column sum into column 0.
         s2 = Signal(stage)
         x2 = [[Signal(signed(32), name=f"x2_{w}_{j}") for j in range(C)] for w in range(OW)]
-        b2 = [Signal(signed(32), name=f"b2_{w}") for w in range(OW)]
-        m2 = [Signal(16, name=f"m2_{w}") for w in range(OW)]
-        s2_s = [Signal(5, name=f"s2_s_{w}") for w in range(OW)]
         m.d.sync += s2.eq(s1)
         for w in range(OW):
-            m.d.sync += [b2[w].eq(a_b[w]), m2[w].eq(a_m[w]), s2_s[w].eq(a_s[w])]
             fsum = list(x1[w])            # a balanced tree of adds: log2(C) carry chains deep
             while len(fsum) > 1:
                 fsum = [(fsum[k] + fsum[k + 1])[:32] if k + 1 < len(fsum) else fsum[k]

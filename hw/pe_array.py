@@ -27,8 +27,6 @@ block always finds a free shadow. ``o.valid`` and ``o.payload`` are registers.
 ``o.ready`` has in the next one (the output stage knows it). The PEs' copies of the queue's
 decisions are worked out from it, so ``o.ready`` itself drives only the queue's counter and its
 tags.
-``o_cog_next`` is the value ``o.payload.tag.cog`` has in the next cycle (for the output
-stage's check of its parameters).
 """
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
@@ -62,7 +60,6 @@ class PEArray(wiring.Component):
             "i": In(stream.Signature(slot_layout(config), always_ready=True)),
             "o": Out(stream.Signature(block_layout(config))),
             "o_ready_next": In(1),
-            "o_cog_next": Out(block_tag(config).members["cog"]),
         })
 
     def elaborate(self, platform):
@@ -120,13 +117,8 @@ class PEArray(wiring.Component):
         queued_next = tail + store
         head_next = (tail != 0) | store
         m.d.sync += [queued.eq(queued_next), head_valid.eq(head_next)]
-        head_tag = Signal.like(shadow[0].tag)   # shadow[0].tag's next value
-        m.d.comb += [
-            head_tag.eq(Mux(store & (tail == 0), store_tag,
-                            Mux(take, shadow[1].tag, shadow[0].tag))),
-            self.o_cog_next.eq(head_tag.cog),
-        ]
-        m.d.sync += shadow[0].tag.eq(head_tag)
+        m.d.sync += shadow[0].tag.eq(Mux(store & (tail == 0), store_tag,
+                                         Mux(take, shadow[1].tag, shadow[0].tag)))
         for q in range(1, Q):
             with m.If(store & (tail == q)):
                 m.d.sync += shadow[q].tag.eq(store_tag)

@@ -51,13 +51,13 @@ def descriptor_layout(config):
 
 
 def param_layout(config):
-    """One output-parameter word: ``rows`` lanes of (bias, mult, shift), lane r at bit r·53,
-    each lane least significant field first (``sw.layout.PARAM_FIELDS``)."""
+    """One output-parameter word: ``out_words`` lanes of (bias, mult, shift), lane w at bit
+    w·53, each lane least significant field first (``sw.layout.PARAM_FIELDS``)."""
     widths = dict(_layout.PARAM_FIELDS)
     lane = data.StructLayout({"bias": signed(widths["bias"]), "mult": unsigned(widths["mult"]),
                               "shift": unsigned(widths["shift"])})
     assert lane.size == _layout.PARAM_BITS
-    return data.ArrayLayout(lane, config.rows)
+    return data.ArrayLayout(lane, config.out_words)
 
 
 def index_width(config):

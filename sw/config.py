@@ -46,7 +46,8 @@ class Config:
     mask_words : int
         Depth of the weight-skip mask memory (one word per group of slots).
     param_words : int
-        Depth of the output-parameter memory (one word per group of ``rows`` output channels).
+        Groups of ``rows`` output channels whose parameters the output-parameter memory holds
+        (its rows hold ``out_words`` channels each: :func:`sw.layout.param_steps`).
     max_layers : int
         Layer descriptors held on chip.
     max_channels : int

@@ -16,8 +16,9 @@ from .numerics import layer_tile, tile_flags
 
 __all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields",
            "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
-           "element_index", "tile_index", "Region", "memory_map", "region_map", "CHUNKED",
-           "CHUNK_BITS", "chunk_shift", "chunk_bytes", "row_words", "COUNTERS", "COUNTER_BITS",
+           "element_index", "tile_index", "param_steps", "Region", "memory_map", "region_map",
+           "CHUNKED", "CHUNK_BITS", "chunk_shift", "chunk_bytes", "row_words", "COUNTERS",
+           "COUNTER_BITS",
            "HW_VERSION", "config_words", "run_word", "unpack_status", "KIND_CONV", "KIND_FC",
            "MODE_INT8", "MODE_BINARY"]
 
@@ -248,6 +249,14 @@ PARAM_FIELDS = (("bias", 32), ("mult", 16), ("shift", 5))
 PARAM_BITS = sum(b for _, b in PARAM_FIELDS)
 
 
+def param_steps(config):
+    """Rows of the output-parameter memory per ``cog``: the output stage's ``rows / out_words``
+    requantization steps, rounded up to a power of two. Row ``(pbase + cog) · param_steps +
+    step`` holds the ``out_words`` lanes of output channels ``cog · rows + step · out_words
+    + w``; the rows past the last step are zero."""
+    return 1 << (config.rows // config.out_words - 1).bit_length()
+
+
 def _fc_weight_rows(layer, config, nw):
     """fc weights as (cogs, Nw, C, R): input word, input lane, output lane."""
     R, C = config.rows, config.cols
@@ -269,7 +278,8 @@ def _fc_weight_rows(layer, config, nw):
 def pack_program(program):
     """Weights, weight-skip masks, output parameters and descriptors of ``program``."""
     cfg = program.config
-    R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
+    R, C, NB, OW = cfg.rows, cfg.cols, cfg.act_banks, cfg.out_words
+    steps = param_steps(cfg)
     plans = plan(program)
     weights = np.zeros((C, cfg.weight_words // C, R), dtype=np.int8)
     masks = [0] * (plans[-1].desc["mbase"] + plans[-1].desc["cogs"] * plans[-1].groups)
@@ -301,14 +311,16 @@ def pack_program(program):
                 masks[d["mbase"] + cog * p.groups + g] = int(
                     sum(1 << b for b in range(len(bits)) if bits[b]))
         for cog in range(cogs):
-            word = 0
-            for r in range(R):
-                c = cog * R + r
-                lane = ({"bias": int(layer.bias[c]) & 0xFFFFFFFF, "mult": int(layer.mult[c]),
-                         "shift": int(layer.shift[c])} if c < co else
-                        {"bias": 0, "mult": 0, "shift": 0})
-                word |= pack_fields(PARAM_FIELDS, lane) << (r * PARAM_BITS)
-            params.append(word)
+            for step in range(steps):
+                word = 0
+                for w in range(OW):
+                    c = cog * R + step * OW + w
+                    lane = ({"bias": int(layer.bias[c]) & 0xFFFFFFFF,
+                             "mult": int(layer.mult[c]), "shift": int(layer.shift[c])}
+                            if step * OW < R and c < co else
+                            {"bias": 0, "mult": 0, "shift": 0})
+                    word |= pack_fields(PARAM_FIELDS, lane) << (w * PARAM_BITS)
+                params.append(word)
     fields = descriptor_fields(cfg)
     descriptors = [pack_fields(fields, p.desc) for p in plans]
     return MemoryImage(weights, masks, params, descriptors, plans)
@@ -346,7 +358,7 @@ def unpack_output(program, words):
 # -- the device's memory map ------------------------------------------------------------------
 
 #: Version of the gateware's memory map and descriptor format, reported by the device.
-HW_VERSION = 2
+HW_VERSION = 3
 
 
 class Region(enum.IntEnum):
@@ -357,7 +369,7 @@ class Region(enum.IntEnum):
     FLAG1 = 3    #: tile flags of buffer B
     WEIGHT = 4   #: weight memory, row = in-bank address × cols + bank (CHUNKED)
     MASK = 5     #: weight-skip masks
-    PARAM = 6    #: output parameters (CHUNKED)
+    PARAM = 6    #: output parameters, row = (pbase + cog) · param_steps + step (CHUNKED)
     DESC = 7     #: layer descriptors (CHUNKED)
     COUNT = 8    #: per-layer counters (read only), index = layer × len(COUNTERS) + counter
     CTRL = 9     #: 0: run (write) / status (read); 1: HW_VERSION; 2…: config_words (read only)
@@ -395,7 +407,7 @@ def memory_map(config):
         Region.FLAG1: (1, config.act_words),
         Region.WEIGHT: (config.rows * 8, config.weight_words),
         Region.MASK: (config.group_bits, config.mask_words),
-        Region.PARAM: (config.rows * PARAM_BITS, config.param_words),
+        Region.PARAM: (config.out_words * PARAM_BITS, config.param_words * param_steps(config)),
         Region.DESC: (sum(b for _, b in descriptor_fields(config)), config.max_layers),
         Region.COUNT: (COUNTER_BITS, config.max_layers * len(COUNTERS)),
         Region.CTRL: (64, 2 + len(_REPORTED)),

@@ -9,10 +9,13 @@ from tb.common import config_env
 
 SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_channels=16,
                max_width=16, act_words=256, weight_words=4096)
+#: Six requantization steps per block: the parameter memory's rows per cog (8) are not steps.
+STEPS6 = SMALL.replace(rows=12, max_channels=32, act_words=1024)
 TOP = "output_stage"
 
 
-@pytest.fixture(scope="module", params=[SMALL, Config()], ids=["small", "default"])
+@pytest.fixture(scope="module", params=[SMALL, STEPS6, Config()],
+                ids=["small", "steps6", "default"])
 def sim(request):
     cfg = request.param
     return cfg, runner.build_component(OutputStage(cfg), TOP, cfg)

@@ -30,7 +30,7 @@ def test_widths(cfg):
     R, C = cfg.rows, cfg.cols
     assert slot_layout(cfg).size == 8 * C + 8 * R * C + 2 + tag.size
     assert block_layout(cfg).size == 32 * R * C + tag.size
-    assert param_layout(cfg).size == R * layout.PARAM_BITS
+    assert param_layout(cfg).size == cfg.out_words * layout.PARAM_BITS
     assert (1 << index_width(cfg)) >= cfg.act_words
 
 
@@ -44,7 +44,7 @@ def test_descriptor_and_params_match_packers(cfg):
         assert pack(descriptor_layout(cfg), values) == word
         assert unpack(descriptor_layout(cfg), word) == values
         lanes = [{"bias": rng.randrange(-2 ** 31, 2 ** 31), "mult": rng.randrange(1 << 16),
-                  "shift": rng.randrange(32)} for _ in range(cfg.rows)]
+                  "shift": rng.randrange(32)} for _ in range(cfg.out_words)]
         ref = sum(layout.pack_fields(layout.PARAM_FIELDS, dict(d, bias=d["bias"] & 0xFFFFFFFF))
                   << (r * layout.PARAM_BITS) for r, d in enumerate(lanes))
         assert pack(param_layout(cfg), lanes) == ref

@@ -165,6 +165,34 @@ def test_pack_input_round_trip_and_flags():
     assert not words[flags].any()
 
 
+@pytest.mark.parametrize("cfg", [SMALL, SMALL.replace(rows=12, max_channels=32)],
+                         ids=["2 steps", "6 steps"])
+def test_parameter_rows_hold_each_steps_channels(cfg):
+    """Row (pbase + cog)·S + step holds channels cog·R + step·OW + w in lane w (S = R/OW
+    rounded up to a power of two: 2 and 8 here); every other row and lane is zero."""
+    R, OW = cfg.rows, cfg.out_words
+    S = {2: 2, 6: 8}[R // OW]
+    assert layout.param_steps(cfg) == S
+    program, _ = _random_program(11, cfg)
+    image = layout.pack_program(program)
+    assert len(image.params) == sum(p.desc["cogs"] for p in image.plans) * S
+    assert layout.memory_map(cfg)[layout.Region.PARAM] == (OW * 53, cfg.param_words * S)
+    lanes = {}
+    for row, word in enumerate(image.params):
+        for w in range(OW):
+            lanes[row, w] = layout.unpack_fields(layout.PARAM_FIELDS, word >> (w * 53))
+    expected = {}
+    for plan in image.plans:
+        layer = plan.layer
+        for c in range(layer.weight.shape[0]):
+            row = (plan.desc["pbase"] + c // R) * S + c % R // OW
+            expected[row, c % R % OW] = {"bias": int(layer.bias[c]) & 0xFFFFFFFF,
+                                         "mult": int(layer.mult[c]), "shift": int(layer.shift[c])}
+    zero = {"bias": 0, "mult": 0, "shift": 0}
+    assert {k: expected.get(k, zero) for k in lanes} == lanes
+    assert len(expected) == sum(p.layer.weight.shape[0] for p in image.plans)
+
+
 def test_layout_refuses_what_does_not_fit():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1)).eval()
     program = compile_model(model, torch.rand(1, 1, 40, 40), config=SMALL)
