@@ -127,6 +127,12 @@ def _popcount(v, width):
     return total
 
 
+def _at_most_one(v, width):
+    """Whether at most one of the ``width`` bits of ``v`` is set: LUTs only, where
+    ``(v & ~lowest) == 0`` would go through the carry chain of ``v & -v``."""
+    return ~Cat(*[v[i] & v[i + 1:width].any() for i in range(width - 1)]).any()
+
+
 def _low(v, n):
     """The ``n`` low bits of ``v`` as an unsigned value (zero-width safe)."""
     return v[:n] if n else Const(0, 1)
@@ -531,8 +537,12 @@ class Loader(wiring.Component):
             m.d.sync += wptr.eq(Mux(wptr == D - 1, 0, wptr + 1))
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == D - 1, 0, rptr + 1))
+        # pop comes late (the head's mask, read from LUT RAM in this cycle): it selects between
+        # the two values occupied can take, worked out without it.
+        occ_stay = Signal.like(occupied)
+        m.d.comb += occ_stay.eq(occupied + s0_fire - (s3_valid & ~push))
         m.d.sync += [level.eq(level + push - pop),
-                     occupied.eq(occupied + s0_fire - pop - (s3_valid & ~push))]
+                     occupied.eq(Mux(pop, occ_stay - 1, occ_stay))]
 
         # ==== issue ============================================================================
         head = Signal(E)
@@ -551,7 +561,7 @@ class Loader(wiring.Component):
         m.d.comb += [
             rem.eq(head.mask & ~done_bits),
             low.eq(rem & (~rem + 1)[:G]),
-            final.eq((rem & ~low) == 0),
+            final.eq(_at_most_one(rem, G)),
             sealed.eq((level >= 2) | tail_sealed),
             ends.eq(final & head.last),
             fire_i.eq((level != 0) & (~final | sealed) & ~(ends & (outstanding == self.credits))),
