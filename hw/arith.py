@@ -2,7 +2,18 @@
 
 from amaranth import ClockSignal, Const, Instance, Mux, Signal, Value, signed
 
-__all__ = ["lut_mul", "registered_product"]
+__all__ = ["lut_mul", "registered_product", "within"]
+
+
+def within(x, eps):
+    """``|x| ≤ eps`` (the numerics contract's "within ε", ``sw.numerics.tile_flags``) of a
+    signed ``x`` and an unsigned ``eps``, as two comparisons side by side rather than a
+    negation followed by one: ``−x ≤ eps`` is ``~x < eps``, since ``~x = −x − 1``."""
+    x, eps = Value.cast(x), Value.cast(eps)
+    if not x.shape().signed or eps.shape().signed:
+        raise TypeError(f"within takes a signed value and an unsigned bound, not {x!r}, "
+                        f"{eps!r}")
+    return (x <= eps) & (~x < eps)
 
 
 def lut_mul(a, b):

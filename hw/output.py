@@ -52,7 +52,7 @@ from amaranth.lib.wiring import In, Out
 from sw.config import ConfigError
 from sw.layout import param_steps
 
-from .arith import lut_mul, registered_product
+from .arith import lut_mul, registered_product, within
 from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
@@ -441,7 +441,7 @@ class OutputStage(wiring.Component):
             s_data = [Signal(act8, name=f"s_data_{w}_{c}") for c in range(C)]
             s_small = Signal(C, name=f"s_small_{w}")
             m.d.sync += [s_en[w].eq(v_en[w]), s_index.eq(v_index),
-                         s_small.eq(Cat(*[Mux(x < 0, -x, x) <= eps for x in v_data]))]
+                         s_small.eq(Cat(*[within(x, eps) for x in v_data]))]
             m.d.sync += [s_data[c].eq(v_data[c]) for c in range(C)]
             flag = Signal(name=f"flag_{w}")
             m.d.comb += flag.eq(s_small.all() & ~desc.last)

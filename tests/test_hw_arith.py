@@ -1,5 +1,6 @@
 """hw/arith.py: lut_mul is the product, and Yosys maps it to logic, not to a DSP block;
-registered_product is the product two cycles later, and a registered DSP block on ECP5."""
+registered_product is the product two cycles later, and a registered DSP block on ECP5; within
+is |x| ≤ ε."""
 
 import random
 import subprocess
@@ -13,7 +14,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.arith import lut_mul, registered_product
+from hw.arith import lut_mul, registered_product, within
 
 
 @pytest.mark.parametrize("wa,wb", [(1, 1), (3, 7), (9, 4), (13, 13)])
@@ -49,6 +50,25 @@ def test_product_with_a_constant(k):
     sim = Simulator(Module())
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_within_is_the_absolute_value_bound():
+    """Every int8 x against ε at and around the edges of its range (0, 1, 127, 128, 255)."""
+    x, eps = Signal(signed(8)), Signal(8)
+    y = within(x, eps)
+
+    async def bench(ctx):
+        for e in (0, 1, 2, 3, 64, 126, 127, 128, 129, 254, 255):
+            ctx.set(eps, e)
+            for v in range(-128, 128):
+                ctx.set(x, v)
+                assert ctx.get(y) == (abs(v) <= e), (v, e)
+
+    sim = Simulator(Module())
+    sim.add_testbench(bench)
+    sim.run()
+    with pytest.raises(TypeError, match="signed value and an unsigned bound"):
+        within(eps, eps)
 
 
 def test_refuses_signed_and_negative():
