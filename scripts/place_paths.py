@@ -2,7 +2,7 @@
 """Name the slowest register-to-register paths of an ECP5 placement, before routing.
 
 nextpnr prints an fmax estimate after placement but no path, and routing the whole core takes
-the better part of an hour. This reads the placed design nextpnr writes (``--no-route --write
+tens of minutes. This reads the placed design nextpnr writes (``--no-route --write
 placed.json``) and estimates every path: a net's delay is nextpnr-ecp5's own placement estimate
 (``Arch::predictDelay``: ``120 ps × (6 + max(dx−5, 0) + max(dy−5, 0) + 2·(min(dx, 5) +
 min(dy, 5)))`` over the tile distance, 0 along carry chains and into the wide-function

@@ -138,7 +138,8 @@ def run_target(target, build_root, seed, place_only=False):
     from hw.core import YOSYS_NO_COLLISIONS, Core
     flow = dict(FLOWS[target])
     if place_only:
-        # Routing the 85F design takes the better part of an hour; placement gives the
+        # Routing the 85F design takes a quarter of an hour (fb9e248) to well over an hour
+        # (a0490f3, and the netlists up to 86f62d7 did not finish); placement gives the
         # resource use and nextpnr's timing estimate. The bitstream step then has nothing to pack.
         flow["nextpnr_opts"] = (*flow["nextpnr_opts"], "--no-route")
         if target == "ecp5":
