@@ -169,7 +169,8 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
         # The parameter memory: one cycle of read latency.
         dut.param_data.value = (image.params[_state["paddr"]]
                                 if _state["paddr"] < len(image.params) else 0)
-        # a stream source keeps valid (and the payload) until the transfer
+        # a stream source keeps valid (and the payload) until the transfer; no block in the
+        # first cycle, when the layer's desc arrives
         valid = cycles > 1 and k < len(blocks) and (holding or rng.random() < p_valid)
         dut.i__valid.value = int(valid)
         dut.i__payload.value = payloads[k] if k < len(blocks) else 0
