@@ -86,13 +86,14 @@ class OutputStage(wiring.Component):
             raise ConfigError(f"OutputStage needs out_words ({OW}) to divide rows/cols "
                               f"({R}/{C})")
         self.config = config
+        paddr = _clog2(config.param_words * param_steps(config))   # parameter memory rows
         super().__init__({
             "i": In(stream.Signature(block_layout(config))),
             "i_ready_next": Out(1),
             "desc": In(descriptor_layout(config)),
             "epsilon": In(8),
-            "param_addr": Out(_clog2(config.param_words * param_steps(config))),
-            "param_addr_next": Out(_clog2(config.param_words * param_steps(config))),
+            "param_addr": Out(paddr),
+            "param_addr_next": Out(paddr),
             "param_data": In(param_layout(config)),
             "wr": Out(write_lane_signature(config)).array(OW),
             "flagged": Out(range(OW + 1)),

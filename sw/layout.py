@@ -18,9 +18,8 @@ __all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields
            "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
            "element_index", "tile_index", "param_steps", "Region", "memory_map", "region_map",
            "CHUNKED", "CHUNK_BITS", "chunk_shift", "chunk_bytes", "row_words", "COUNTERS",
-           "COUNTER_BITS",
-           "HW_VERSION", "config_words", "run_word", "unpack_status", "KIND_CONV", "KIND_FC",
-           "MODE_INT8", "MODE_BINARY"]
+           "COUNTER_BITS", "HW_VERSION", "config_words", "run_word", "unpack_status",
+           "KIND_CONV", "KIND_FC", "MODE_INT8", "MODE_BINARY"]
 
 KIND_CONV, KIND_FC = 0, 1
 MODE_INT8, MODE_BINARY = 0, 1
