@@ -354,18 +354,20 @@ class Core(wiring.Component):
                                 Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
             count_r.addr.eq(d_cmd.index), count_r.en.eq(1),
         ]
-        # Each parameter memory has a register of its own for its address (read and write:
-        # the output stage's param_addr while busy, the host's row while idle) and for the
-        # host's data word. They take the next values: the read port keeps its latency.
-        p_addr_next = Signal(range(rows[Region.PARAM][1]))
-        m.d.comb += p_addr_next.eq(Mux(busy_next, out.param_addr_next, k_prow))
-        p_addr = copies(m, p_addr_next, len(pgroups), "param_addr")
+        # Each parameter memory has registers of its own for its address (read and write) and
+        # the host's data word: the output stage's param_addr and the host's row, both taking
+        # the next values (the read port keeps its latency), and its copy of busy, which
+        # selects between them like every other port's (the sequencer is far away).
+        p_out = copies(m, out.param_addr_next, len(pgroups), "param_addr_out")
+        p_host = copies(m, k_prow, len(pgroups), "param_addr_host")
+        p_busy = copies(m, busy_next, len(pgroups), "param_busy")
         p_word = copies(m, k_cmd.data[:layout.CHUNK_BITS], len(pgroups), "param_word")
         p_en = strobe("param", lanes[Region.PARAM],
                       Mux(k_cmd.region == Region.PARAM, k_planes, 0))
         for n, g in enumerate(pgroups):
-            m.d.comb += [param_r[n].addr.eq(p_addr[n]), param_r[n].en.eq(1),
-                         param_w[n].addr.eq(p_addr[n]),
+            p_addr = Mux(p_busy[n], p_out[n], p_host[n])
+            m.d.comb += [param_r[n].addr.eq(p_addr), param_r[n].en.eq(1),
+                         param_w[n].addr.eq(p_addr),
                          param_w[n].data.eq(Cat(*[p_word[n]] * len(g))),
                          param_w[n].en.eq(p_en[g.start:g.stop])]
 
@@ -501,6 +503,12 @@ class Core(wiring.Component):
         # is done, every block the PE array got has been taken by the output stage and nothing
         # is in flight (it stays so until the next layer starts).
         drained = Signal()
+        # The counters clear in the cycle after DECODE (the loader starts counting later still),
+        # each from a copy of its own of the register that says so, next to it.
+        decode = Signal()
+        for counter, clear in zip(counters.values(),
+                                  copies(m, decode, len(counters), "count_clear")):
+            m.d.comb += counter.clear.eq(clear)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(run):
@@ -521,7 +529,7 @@ class Core(wiring.Component):
                 m.d.sync += [desc.eq(desc_r.data), out_desc.eq(desc_r.data),
                              in_buf.eq(layer[0]), busy_time.eq(0),
                              last_write.eq(0)]
-                m.d.comb += [c.clear.eq(1) for c in counters.values()]
+                m.d.comb += decode.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(desc.mode != layout.MODE_INT8):
