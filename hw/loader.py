@@ -10,11 +10,12 @@ Pipeline
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
-  per cycle, with incrementally kept addresses (no multiplier in the loop). **P** (a register
-  stage, for timing) works out the group's flag addresses (conv: ``K`` rows × ``NB``
-  consecutive words, one read port per row and bank; fc: the group's ``NB`` words on port 0);
-  **Q** holds them and the weight-skip mask address in the registers that drive the read
-  ports (the flag block RAMs may sit anywhere on the chip).
+  per cycle, with incrementally kept addresses and loop ends (no multiplier in the loop, no
+  comparison between S0's registers and its decisions). **P** (a register stage, for timing)
+  works out the group's flag addresses (conv: ``K`` rows × ``NB`` consecutive words, one read
+  port per row and bank; fc: the group's ``NB`` words on port 0) and which of its kernel rows
+  and columns fall inside the input; **Q** holds them and the weight-skip mask address in the
+  registers that drive the read ports (the flag block RAMs may sit anywhere on the chip).
 * **S1** gets the flags and the mask word from the memories and registers them; **S2** forms
   the group's slot mask (bit ``ky·Kmax + kx`` for conv, bit ``i`` = word ``g·NB + i`` for fc):
   all slots of the group when skipping is off, else those reading at least one unflagged word
@@ -220,12 +221,18 @@ class Loader(wiring.Component):
         soff = [Signal(range(KM * KM + 1), name=f"soff{b}") for b in range(KM * KM)]
 
         js = [Signal(XW, name=f"js{j}") for j in range(C)]     # j·s, for the INIT cycle
-        # The loop bounds, so that S0 compares counters with registers only.
-        ci_last = Signal.like(L.in_c)               # in_c − 1
-        g_last = Signal.like(L.groups)              # groups − 1
-        xg_last = Signal.like(L.xgs)                # xgs − 1
-        cog_last = Signal.like(L.cogs)              # cogs − 1
-        y_lim = Signal(signed(len(L.rows) + 1))     # rows − ystep: yb < y_lim iff rows remain
+        # The loop bounds, for S0's registers that say whether a loop is at its last value
+        # (below): a counter at its penultimate value (bound − 2) moves to the last one.
+        ci_pen = Signal.like(L.in_c)                # in_c − 2
+        g_pen = Signal.like(L.groups)               # groups − 2
+        xg_pen = Signal.like(L.xgs)                 # xgs − 2
+        cog_pen = Signal.like(L.cogs)               # cogs − 2
+        grp_one = Signal()                          # one group per block (conv: in_c = 1)
+        xg_one = Signal()                           # xgs = 1
+        cog_one = Signal()                          # cogs = 1
+        y_lim2 = Signal(signed(len(L.rows) + 2))    # rows − 2·ystep: yb < y_lim2 iff yb + ystep
+                                                    # leaves rows to do
+        y_more0 = Signal()                          # rows > ystep: yb = 0 leaves rows to do
         k_ = L.kernel
         s_ = L.stride
         p_ = L.pad
@@ -363,23 +370,25 @@ class Loader(wiring.Component):
             for k in range(KM):
                 m.d.sync += [kyP[k].eq(lut_mul(L.in_p, k)), inK[k].eq(k < k_)]
             m.d.sync += [js[j].eq(lut_mul(s_, j)) for j in range(C)]
-            m.d.sync += [ci_last.eq(L.in_c - 1), g_last.eq(L.groups - 1),
-                         xg_last.eq(L.xgs - 1), cog_last.eq(L.cogs - 1)]
+            m.d.sync += [ci_pen.eq(L.in_c - 2), g_pen.eq(L.groups - 2),
+                         xg_pen.eq(L.xgs - 2), cog_pen.eq(L.cogs - 2),
+                         grp_one.eq(Mux(L.kind == KIND_FC, L.groups == 1, L.in_c == 1)),
+                         xg_one.eq(L.xgs == 1), cog_one.eq(L.cogs == 1)]
             for b in range(KM * KM):
                 m.d.sync += soff[b].eq((b // KM) * k_ + b % KM)
 
         # ==== S0: walk the groups ==============================================================
-        ysub_sP = Mux(ysub, sP, 0)
-        rowA_cur = Signal(signed(ASW))
-        iy0 = Signal(signed(XW))
+        # Registers that say whether a loop is at its last value (ci or g: the block's last
+        # group; xg; cog) or whether yb leaves rows to do, and the group's first word t_base
+        # (fc: gNB; conv: chanS + rowA + ysub·sP + xw0), each worked out with the counters' next
+        # values, so that S0's decisions and addresses start from registers.
+        blast = Signal()
+        xg_end = Signal()
+        y_more = Signal()
+        cog_end = Signal()
         t_base = Signal(signed(ASW))
         rot_base = Signal(range(max(NB, 2)))
-        m.d.comb += [
-            rowA_cur.eq(rowA + ysub_sP),
-            iy0.eq(iyb + Mux(ysub, s_, 0)),
-            t_base.eq(Mux(is_fc, gNB, chanS + rowA_cur + xw0)),
-            rot_base.eq(Mux(is_fc, 0, _low(ci, lgNB))),
-        ]
+        m.d.comb += rot_base.eq(Mux(is_fc, 0, _low(ci, lgNB)))
         tky = [Signal(signed(ASW), name=f"tky{k}") for k in range(KM)]
         rotk = [Signal(range(max(NB, 2)), name=f"rotk{k}") for k in range(KM)]
         for k in range(KM):
@@ -396,16 +405,19 @@ class Loader(wiring.Component):
         m.d.comb += s0_fire.eq((state == SCAN) & (occupied < D))
         m.d.comb += [self.flag_en.eq(q_valid), self.mask_en.eq(q_valid)]
 
-        # row / column validity and the words each kx reads (relative to the group's first word)
+        # Row / column validity and the words each kx reads (relative to the group's first
+        # word), worked out from P's input row and column into Q.
+        p_iy0 = Signal(signed(XW))
+        p_xcol = Signal(signed(XW))
         rowv = Signal(KM)
         colv = Signal(KM * C)
         used = Signal(KM * NB)
         for k in range(KM):
-            iy = iy0 + k
+            iy = p_iy0 + k
             m.d.comb += rowv[k].eq(Mux(is_fc, int(k == 0), inK[k] & (iy >= 0) & (iy < L.in_h)))
         for kx in range(KM):
             for j in range(C):
-                ix = xcol + dx[kx][j]
+                ix = p_xcol + dx[kx][j]
                 m.d.comb += colv[kx * C + j].eq(inK[kx] & (ix >= 0) & (ix < L.in_w))
             for o in range(NB):
                 le = Cat(*[colv[kx * C + j] & (offw[kx][j] <= o) for j in range(C)]).any()
@@ -415,13 +427,10 @@ class Loader(wiring.Component):
         for i in range(NB):
             m.d.comb += fcv[i].eq(gNB + i < L.in_words)
 
-        conv_blast = ci == ci_last
-        fc_blast = g == g_last
-        blast = Mux(is_fc, fc_blast, conv_blast)
-
         m.d.sync += [s1_valid.eq(q_valid), q_valid.eq(p_valid), p_valid.eq(s0_fire)]
         with m.If(p_valid):
-            m.d.sync += [q.eq(p), q_blast.eq(p_blast), q_fcv.eq(p_fcv)]
+            m.d.sync += [q.eq(p), q_blast.eq(p_blast), q_fcv.eq(p_fcv),
+                         q.rowv.eq(rowv), q.colv.eq(colv), q.used.eq(used)]
             m.d.sync += [q_rotk[k].eq(p_rotk[k]) for k in range(KM)]
         with m.If(q_valid):
             m.d.sync += [s1.eq(q), s1_blast.eq(q_blast), s1_fcv.eq(q_fcv)]
@@ -437,7 +446,7 @@ class Loader(wiring.Component):
             m.d.sync += [
                 p.cog.eq(cog), p.y.eq(Mux(is_fc, 0, yb + ysub)), p.xg.eq(Mux(is_fc, 0, xg)),
                 p.ci.eq(Mux(is_fc, 0, ci)), p.tk[0].eq(t_base),
-                p.rowv.eq(rowv), p.colv.eq(colv), p.used.eq(used),
+                p_iy0.eq(iyb + Mux(ysub, s_, 0)), p_xcol.eq(xcol),
                 p.wb.eq(Mux(is_fc, wrow, wgrp)),
                 p_blast.eq(blast), p_fcv.eq(fcv), p_maddr.eq(maddr),
             ]
@@ -445,35 +454,46 @@ class Loader(wiring.Component):
             m.d.sync += [p_rotk[k].eq(rotk[k]) for k in range(KM)]
             with m.If(is_fc):
                 m.d.sync += maddr.eq(maddr + 1)
-                with m.If(~fc_blast):
-                    m.d.sync += [g.eq(g + 1), gNB.eq(gNB + NB), wrow.eq(wrow + NB)]
+                with m.If(~blast):
+                    m.d.sync += [g.eq(g + 1), gNB.eq(gNB + NB), wrow.eq(wrow + NB),
+                                 blast.eq(g == g_pen), t_base.eq(t_base + NB)]
                 with m.Else():
-                    m.d.sync += [g.eq(0), gNB.eq(0)]
-                    with m.If(cog != cog_last):
-                        m.d.sync += [cog.eq(cog + 1), wrowc.eq(wrowc + L.in_words),
-                                     wrow.eq(wrowc + L.in_words)]
+                    m.d.sync += [g.eq(0), gNB.eq(0), blast.eq(grp_one), t_base.eq(0)]
+                    with m.If(~cog_end):
+                        m.d.sync += [cog.eq(cog + 1), cog_end.eq(cog == cog_pen),
+                                     wrowc.eq(wrowc + L.in_words), wrow.eq(wrowc + L.in_words)]
                     with m.Else():
                         m.d.sync += state.eq(DRAIN)
-            with m.Elif(~conv_blast):
+            with m.Elif(~blast):
                 m.d.sync += [ci.eq(ci + 1), chanS.eq(chanS + L.in_s), maddr.eq(maddr + 1),
-                             wgrp.eq(wgrp + kk)]
+                             wgrp.eq(wgrp + kk), blast.eq(ci == ci_pen),
+                             t_base.eq(t_base + L.in_s)]
             with m.Else():
-                m.d.sync += [ci.eq(0), chanS.eq(0), maddr.eq(mrow), wgrp.eq(wcog)]
-                with m.If(L.pool & ~ysub):
+                m.d.sync += [ci.eq(0), chanS.eq(0), maddr.eq(mrow), wgrp.eq(wcog),
+                             blast.eq(grp_one)]
+                # The next group's first word: chanS = 0, and rowA, ysub and xw0 as they move.
+                half = L.pool & ~ysub
+                row_next = Mux(half, rowA + sP, Mux(xg_end, Mux(y_more, rowA + rstep, -pP), rowA))
+                col_next = Mux(half, xw0, Mux(xg_end, x0, xw0 + s_))
+                m.d.sync += t_base.eq(row_next + col_next)
+                with m.If(half):
                     m.d.sync += ysub.eq(1)
                 with m.Else():
                     m.d.sync += ysub.eq(0)
-                    with m.If(xg != xg_last):
-                        m.d.sync += [xg.eq(xg + 1), xw0.eq(xw0 + s_), xcol.eq(xcol + xstep)]
+                    with m.If(~xg_end):
+                        m.d.sync += [xg.eq(xg + 1), xw0.eq(xw0 + s_), xcol.eq(xcol + xstep),
+                                     xg_end.eq(xg == xg_pen)]
                     with m.Else():
-                        m.d.sync += [xg.eq(0), xw0.eq(x0), xcol.eq(0)]
-                        with m.If(yb < y_lim):
+                        m.d.sync += [xg.eq(0), xw0.eq(x0), xcol.eq(0), xg_end.eq(xg_one)]
+                        with m.If(y_more):
                             m.d.sync += [yb.eq(yb + ystep), rowA.eq(rowA + rstep),
-                                         iyb.eq(iyb + iystep)]
+                                         iyb.eq(iyb + iystep), y_more.eq(yb < y_lim2)]
                         with m.Else():
-                            m.d.sync += [yb.eq(0), rowA.eq(-pP), iyb.eq(-p_)]
-                            with m.If(cog != cog_last):
-                                m.d.sync += [cog.eq(cog + 1), mrow.eq(mrow + L.groups),
+                            m.d.sync += [yb.eq(0), rowA.eq(-pP), iyb.eq(-p_),
+                                         y_more.eq(y_more0)]
+                            with m.If(~cog_end):
+                                m.d.sync += [cog.eq(cog + 1), cog_end.eq(cog == cog_pen),
+                                             mrow.eq(mrow + L.groups),
                                              maddr.eq(mrow + L.groups), wcog.eq(wcog + cikk),
                                              wgrp.eq(wcog + cikk)]
                             with m.Else():
@@ -695,7 +715,9 @@ class Loader(wiring.Component):
         with m.If(state == SETUP):
             m.d.sync += state.eq(INIT)
         with m.If(state == INIT):
-            m.d.sync += y_lim.eq(L.rows - ystep)
+            m.d.sync += [y_lim2.eq(L.rows - 2 * ystep), y_more0.eq(L.rows > ystep),
+                         y_more.eq(L.rows > ystep), blast.eq(grp_one), xg_end.eq(xg_one),
+                         cog_end.eq(cog_one), t_base.eq(Mux(is_fc, 0, x0 - pP))]
             for kx in range(KM):
                 for j in range(C):
                     q = js[j] + kx - p_ + C * pc          # ≥ 0
