@@ -29,6 +29,8 @@ decisions are worked out from it, so ``o.ready`` itself drives only the queue's 
 tags.
 """
 
+import itertools
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -130,13 +132,23 @@ class PEArray(wiring.Component):
         # finished block goes into (load), whether the queue moves up (shift). Registers loaded
         # with those values worked out for the next cycle (from the next values of store,
         # queued, head_valid and o.ready), so each PE only decodes its own bits.
+        # The next cycle's tail and take, from queued (head_valid is queued ≠ 0), o.ready, store
+        # and o_ready_next: a table (a few LUTs) instead of three carry chains of arithmetic.
         pctl = data.StructLayout({"valid": 1, "first": 1, "load": Q, "shift": 1})
         pnext = Signal(pctl)
-        take_next = head_next & self.o_ready_next
-        tail_next = Signal(range(Q + 1))
-        m.d.comb += [tail_next.eq(queued_next - take_next),
-                     pnext.valid.eq(c1.valid), pnext.first.eq(c1.first),
-                     pnext.load.eq(Cat((c2.valid & c2.last & (tail_next == q)) for q in range(Q))),
+        take_next = Signal()
+        tail_next = Signal(Q)                   # one-hot
+        w = len(queued)
+        with m.Switch(Cat(queued, self.o.ready, store, self.o_ready_next)):
+            for n, ready, st, ready_next in itertools.product(range(Q + 1), *[(0, 1)] * 3):
+                tl = n - (n != 0 and ready) + st     # queued_next
+                tk = int(tl != 0 and ready_next)     # take_next
+                with m.Case(n | ready << w | st << (w + 1) | ready_next << (w + 2)):
+                    if tl - tk < Q:
+                        m.d.comb += tail_next.eq(1 << (tl - tk))
+                    m.d.comb += take_next.eq(tk)
+        m.d.comb += [pnext.valid.eq(c1.valid), pnext.first.eq(c1.first),
+                     pnext.load.eq(Mux(c2.valid & c2.last, tail_next, 0)),
                      pnext.shift.eq(take_next)]
         for k, ctl_k in enumerate(copies(m, pnext.as_value(), N, "pe")):
             pc = data.View(pctl, ctl_k)
