@@ -10,12 +10,13 @@ Pipeline
 
 * **S0** walks the groups of the layer (conv: ``for cog, for y, for xg, for ci`` — with pooling
   ``for cog, for py, for xg, for y in (2py, 2py+1), for ci``; fc: ``for cog, for g``), one group
-  per cycle, with incrementally kept addresses and loop ends (no multiplier in the loop, no
-  comparison between S0's registers and its decisions). **P** (a register stage, for timing)
-  works out the group's flag addresses (conv: ``K`` rows × ``NB`` consecutive words, one read
-  port per row and bank; fc: the group's ``NB`` words on port 0) and which of its kernel rows
-  and columns fall inside the input; **Q** holds them and the weight-skip mask address in the
-  registers that drive the read ports (the flag block RAMs may sit anywhere on the chip).
+  per cycle, with incrementally kept addresses (no multiplier in the loop) and a register per
+  loop that says whether it is at its end (no comparison of a counter with its bound before a
+  decision). **P** (a register stage, for timing) works out the group's flag addresses (conv:
+  ``K`` rows × ``NB`` consecutive words, one read port per row and bank; fc: the group's ``NB``
+  words on port 0) and which of its kernel rows and columns fall inside the input; **Q** holds
+  them and the weight-skip mask address in the registers that drive the read ports (the flag
+  block RAMs may sit anywhere on the chip).
 * **S1** gets the flags and the mask word from the memories and registers them; **S2** forms
   the group's slot mask (bit ``ky·Kmax + kx`` for conv, bit ``i`` = word ``g·NB + i`` for fc):
   all slots of the group when skipping is off, else those reading at least one unflagged word
