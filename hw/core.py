@@ -146,18 +146,21 @@ class Core(wiring.Component):
         ]
 
         # -- memories -----------------------------------------------------------------------
-        port_keys = ([("act", buf, b) for buf in range(2) for b in range(NB)]
-                     + [("wgt", j) for j in range(C)] + ["misc"])
+        port_keys = ([("act", b) for b in range(NB)] + [("wgt", j) for j in range(C)]
+                     + ["misc"])
         busy_at = dict(zip(port_keys, copies(m, busy_next, len(port_keys), "busy")))
         def memory(name, width, depth):
             mem = Memory(shape=unsigned(width), depth=depth, init=[])
             m.submodules[name] = mem
             return mem
 
-        act = [[memory(f"act{buf}_{b}", 8 * C, cfg.act_words // NB) for b in range(NB)]
-               for buf in range(2)]
-        flag = [[memory(f"flag{buf}_{b}", 1, cfg.act_words // NB) for b in range(NB)]
-                for buf in range(2)]
+        # Each bank of the two ping-pong buffers is one memory, the buffer its address's top
+        # bit: a layer reads one half and the output stage writes the other, through the
+        # memory's one read and one write port, and nothing stands between a read port and the
+        # register that takes its data (which can then be the block RAM's output register).
+        ABW = max(1, (cfg.act_words // NB - 1).bit_length())   # in-bank address of a buffer
+        act = [memory(f"act_{b}", 8 * C, 2 << ABW) for b in range(NB)]
+        flag = [memory(f"flag_{b}", 1, 2 << ABW) for b in range(NB)]
         # Rows of the CHUNKED regions are padded to whole host words, one write lane each.
         rows = layout.memory_map(cfg)
         lanes = {r: -(-rows[r][0] // layout.CHUNK_BITS) for r in layout.CHUNKED}
@@ -174,10 +177,10 @@ class Core(wiring.Component):
         desc_mem = memory("desc", chunked[Region.DESC], cfg.max_layers)
         count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
 
-        act_r = [[mem.read_port() for mem in bank] for bank in act]
-        act_w = [[mem.write_port() for mem in bank] for bank in act]
-        flag_r = [[[mem.read_port() for _ in range(K)] for mem in bank] for bank in flag]
-        flag_w = [[mem.write_port() for mem in bank] for bank in flag]
+        act_r = [mem.read_port() for mem in act]
+        act_w = [mem.write_port() for mem in act]
+        flag_r = [[mem.read_port() for _ in range(K)] for mem in flag]
+        flag_w = [mem.write_port() for mem in flag]
         wgt_r = [mem.read_port() for mem in wgt]
         def chunk_port(mem, region):
             return mem.write_port(granularity=layout.CHUNK_BITS if lanes[region] > 1 else None)
@@ -303,35 +306,38 @@ class Core(wiring.Component):
             return Mux(ok & (~busy_at[port] if port else 1), lanes_, 0)
 
         # Host access to the memories shares the compute ports; it is only allowed while idle.
-        # In D each bank of a buffer and each weight bank has its own copy of the command's
-        # index and data word, next to its block RAMs (hw/fanout.py); the rest use d_cmd.
+        # In D each activation bank and each weight bank has its own copy of the command's
+        # index and data word, next to its block RAMs (hw/fanout.py), an activation bank's also
+        # of the buffer it addresses (ACT0/FLAG0: 0, ACT1/FLAG1: 1); the rest use d_cmd.
         dw = min(len(cmd.data), max(8 * C, layout.CHUNK_BITS))
-        d_at = {key: (reg[:len(cmd.index)], reg[len(cmd.index):])
-                for key, reg in zip(port_keys[:-1], copies(m, Cat(k_cmd.index, k_cmd.data[:dw]),
-                                                           len(port_keys) - 1, "d_at"))}
+        IW = len(cmd.index)
+        d_at = {("act", b): (reg[:IW], reg[IW:IW + dw], reg[IW + dw])
+                for b, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw],
+                                                      k_cmd.region[0]), NB, "d_at_act"))}
+        d_at.update({("wgt", j): (reg[:IW], reg[IW:])
+                     for j, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw]), C,
+                                                    "d_at_wgt"))})
         k_hb, _ = lane(k_cmd.index, NB)
         k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
         k_wb, _ = lane(k_wrow, C)
         k_prow, k_planes, _ = chunk(k_cmd.index, k_cmd.data, Region.PARAM)
         drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
         _, k_dlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.DESC)
-        for buf in range(2):
-            for b in range(NB):
-                act_en = strobe(f"act{buf}_{b}", 1,
-                                (k_hb == b) & (k_cmd.region == Region.ACT0 + buf), ("act", buf, b))
-                flag_en = strobe(f"flag{buf}_{b}", 1,
-                                 (k_hb == b) & (k_cmd.region == Region.FLAG0 + buf),
-                                 ("act", buf, b))
-                _, ha = lane(d_at["act", buf, b][0], NB)
-                d_data = d_at["act", buf, b][1]
-                with m.If(~busy_at["act", buf, b]):
-                    m.d.comb += [
-                        act_r[buf][b].addr.eq(ha), flag_r[buf][b][0].addr.eq(ha),
-                        act_r[buf][b].en.eq(1), flag_r[buf][b][0].en.eq(1),
-                        act_w[buf][b].addr.eq(ha), act_w[buf][b].data.eq(d_data),
-                        flag_w[buf][b].addr.eq(ha), flag_w[buf][b].data.eq(d_data),
-                        act_w[buf][b].en.eq(act_en), flag_w[buf][b].en.eq(flag_en),
-                    ]
+        k_act = k_cmd.region.matches(Region.ACT0, Region.ACT1)
+        k_flag = k_cmd.region.matches(Region.FLAG0, Region.FLAG1)
+        for b in range(NB):
+            act_en = strobe(f"act_{b}", 1, (k_hb == b) & k_act, ("act", b))
+            flag_en = strobe(f"flag_{b}", 1, (k_hb == b) & k_flag, ("act", b))
+            d_index, d_data, d_buf = d_at["act", b]
+            ha = Cat(lane(d_index, NB)[1][:ABW], d_buf)
+            with m.If(~busy_at["act", b]):
+                m.d.comb += [
+                    act_r[b].addr.eq(ha), flag_r[b][0].addr.eq(ha),
+                    act_r[b].en.eq(1), flag_r[b][0].en.eq(1),
+                    act_w[b].addr.eq(ha), act_w[b].data.eq(d_data),
+                    flag_w[b].addr.eq(ha), flag_w[b].data.eq(d_data),
+                    act_w[b].en.eq(act_en), flag_w[b].en.eq(flag_en),
+                ]
         for j in range(C):
             wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
                             Mux((k_wb == j) & (k_cmd.region == Region.WEIGHT), k_wlanes, 0),
@@ -389,8 +395,7 @@ class Core(wiring.Component):
             return reg
 
         f_cmd_index = raw(d_cmd.index, "index")
-        selecting = (Region.DESC, Region.CTRL, Region.ACT0, Region.ACT1, Region.FLAG0,
-                     Region.FLAG1)
+        selecting = (Region.DESC, Region.CTRL, Region.ACT0, Region.FLAG0)
         f_index = dict(zip(selecting, copies(m, f_cmd_index, len(selecting), "f_index")))
 
         def select(index, words):
@@ -450,19 +455,18 @@ class Core(wiring.Component):
                                 [raw(Cat(busy, done, error, Const(0, 5), run_cycles), "status")]
                                 + info),
         }
-        for buf in range(2):
-            rb_act, _ = lane(f_index[Region.ACT0 + buf], NB)
-            rb_flag, _ = lane(f_index[Region.FLAG0 + buf], NB)
-            candidates[Region.ACT0 + buf] = select(rb_act, [raw(act_r[buf][b].data,
-                                                                f"act{buf}_{b}")
-                                                            for b in range(NB)])
-            candidates[Region.FLAG0 + buf] = select(rb_flag, [raw(flag_r[buf][b][0].data,
-                                                                  f"flag{buf}_{b}")
-                                                              for b in range(NB)])
+        # A buffer's read port has the buffer in its address: ACT0 and ACT1 (FLAG0, FLAG1)
+        # read the same data registers and share G's word.
+        candidates[Region.ACT0] = select(lane(f_index[Region.ACT0], NB)[0],
+                                         [raw(act_r[b].data, f"act_{b}") for b in range(NB)])
+        candidates[Region.FLAG0] = select(lane(f_index[Region.FLAG0], NB)[0],
+                                          [raw(flag_r[b][0].data, f"flag_{b}")
+                                           for b in range(NB)])
         g_words = {region: Signal.like(rdata, name=f"g_word_{int(region)}")
                    for region in candidates}
         m.d.sync += [g_words[region].eq(value) for region, value in candidates.items()]
         g_words.update(g_late)
+        g_words[Region.ACT1], g_words[Region.FLAG1] = g_words[Region.ACT0], g_words[Region.FLAG0]
         with m.Switch(g_region):
             for region, g_word in g_words.items():
                 with m.Case(region):
@@ -488,6 +492,10 @@ class Core(wiring.Component):
         # most the loader's credits.
         blocks = Signal(range(PEArray.credits(cfg) + 1))
         store = Signal(range(len(COUNTERS) + 1))
+        # The count memory's write address, a register: the layer's first counter's row from
+        # DECODE on, counting up as STORE writes.
+        count_addr = Signal.like(count_w.addr)
+        m.d.comb += count_w.addr.eq(count_addr)
 
         with m.If(busy):
             m.d.sync += run_cycles.eq(run_cycles + 1)
@@ -528,7 +536,7 @@ class Core(wiring.Component):
             with m.State("DECODE"):
                 m.d.sync += [desc.eq(desc_r.data), out_desc.eq(desc_r.data),
                              in_buf.eq(layer[0]), busy_time.eq(0),
-                             last_write.eq(0)]
+                             last_write.eq(0), count_addr.eq(lut_mul(layer, len(COUNTERS)))]
                 m.d.comb += decode.eq(1)
                 m.next = "CHECK"
             with m.State("CHECK"):
@@ -548,9 +556,8 @@ class Core(wiring.Component):
                 for i, name in enumerate(COUNTERS):
                     with m.If(store == i):
                         value = last_write if name == "busy_cycles" else counters[name].value
-                        m.d.comb += [count_w.addr.eq(lut_mul(layer, len(COUNTERS)) + i),
-                                     count_w.data.eq(value), count_w.en.eq(1)]
-                m.d.sync += store.eq(store + 1)
+                        m.d.comb += [count_w.data.eq(value), count_w.en.eq(1)]
+                m.d.sync += [store.eq(store + 1), count_addr.eq(count_addr + 1)]
                 with m.If(store == len(COUNTERS) - 1):
                     m.d.sync += layer.eq(layer + 1)
                     m.next = "LOAD"
@@ -569,34 +576,31 @@ class Core(wiring.Component):
         # Each bank has a copy of in_buf (a cycle late: it changes when a layer is decoded,
         # cycles before its first read).
         in_buf_at = copies(m, in_buf, NB, "in_buf")
-        for buf in range(2):
-            for b in range(NB):
-                reading = in_buf_at[b] == buf
-                # Output lanes address distinct banks; each bank takes the lane aimed at it
-                # into a register of its own, which drives its block RAMs' write ports (the
-                # lanes' logic and the block RAMs are far apart). A write lands a cycle after
-                # it is on its lane, long before the next layer reads the buffer.
-                w_en = Signal(name=f"w_en_{buf}_{b}")
-                w_addr = Signal.like(act_w[buf][b].addr, name=f"w_addr_{buf}_{b}")
-                w_data = Signal.like(act_w[buf][b].data, name=f"w_data_{buf}_{b}")
-                w_flag = Signal(name=f"w_flag_{buf}_{b}")
-                m.d.sync += w_en.eq(0)
-                for lane in out.wr:
-                    hit = lane.en & (lane.index[:shift] == b if NB > 1 else 1) & ~reading
-                    with m.If(hit):
-                        m.d.sync += [w_en.eq(1), w_addr.eq(lane.index[shift:]),
-                                     w_data.eq(lane.data), w_flag.eq(lane.flag)]
-                with m.If(busy_at["act", buf, b]):
-                    m.d.comb += [act_r[buf][b].addr.eq(loader.act_addr[b]),
-                                 act_r[buf][b].en.eq(loader.act_en[b] & reading)]
-                    for k in range(K):
-                        m.d.comb += [flag_r[buf][b][k].addr.eq(loader.flag_addr[b][k]),
-                                     flag_r[buf][b][k].en.eq(loader.flag_en & reading)]
-                    m.d.comb += [
-                        act_w[buf][b].addr.eq(w_addr), act_w[buf][b].data.eq(w_data),
-                        act_w[buf][b].en.eq(w_en), flag_w[buf][b].addr.eq(w_addr),
-                        flag_w[buf][b].data.eq(w_flag), flag_w[buf][b].en.eq(w_en),
-                    ]
+        for b in range(NB):
+            abw = len(loader.act_addr[b])
+            # Output lanes address distinct banks; each bank takes the lane aimed at it into a
+            # register of its own, which drives its block RAMs' write ports (the lanes' logic
+            # and the block RAMs are far apart). A write lands a cycle after it is on its lane,
+            # long before the next layer reads the buffer.
+            w_en = Signal(name=f"w_en_{b}")
+            w_addr = Signal.like(act_w[b].addr, name=f"w_addr_{b}")
+            w_data = Signal.like(act_w[b].data, name=f"w_data_{b}")
+            w_flag = Signal(name=f"w_flag_{b}")
+            m.d.sync += w_en.eq(0)
+            for lane in out.wr:
+                with m.If(lane.en & (lane.index[:shift] == b if NB > 1 else 1)):
+                    m.d.sync += [w_en.eq(1), w_data.eq(lane.data), w_flag.eq(lane.flag),
+                                 w_addr.eq(Cat(lane.index[shift:][:abw], ~in_buf_at[b]))]
+            with m.If(busy_at["act", b]):
+                m.d.comb += [act_r[b].addr.eq(Cat(loader.act_addr[b], in_buf_at[b])),
+                             act_r[b].en.eq(loader.act_en[b])]
+                for k in range(K):
+                    m.d.comb += [flag_r[b][k].addr.eq(Cat(loader.flag_addr[b][k], in_buf_at[b])),
+                                 flag_r[b][k].en.eq(loader.flag_en)]
+                m.d.comb += [
+                    act_w[b].addr.eq(w_addr), act_w[b].data.eq(w_data), act_w[b].en.eq(w_en),
+                    flag_w[b].addr.eq(w_addr), flag_w[b].data.eq(w_flag), flag_w[b].en.eq(w_en),
+                ]
         for j in range(C):
             with m.If(busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
@@ -604,11 +608,9 @@ class Core(wiring.Component):
         with m.If(busy_at["misc"]):
             m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en)]
         for b in range(NB):
-            m.d.comb += loader.act_data[b].eq(Mux(in_buf_at[b], act_r[1][b].data,
-                                                  act_r[0][b].data))
+            m.d.comb += loader.act_data[b].eq(act_r[b].data)
             for k in range(K):
-                m.d.comb += loader.flag_data[b][k].eq(
-                    Mux(in_buf_at[b], flag_r[1][b][k].data, flag_r[0][b][k].data))
+                m.d.comb += loader.flag_data[b][k].eq(flag_r[b][k].data)
         for j in range(C):
             m.d.comb += loader.wgt_data[j].eq(wgt_r[j].data)
         m.d.comb += [
