@@ -284,7 +284,10 @@ class Loader(wiring.Component):
         wptr = Signal(range(D))
         rptr = Signal(range(D))
         level = Signal(range(D + 1))
-        occupied = Signal(range(D + 1))         # level + the groups in P, Q, S1, S2 and S3
+        # level + the groups in P, Q, S1, S2 and S3, + the group popped in the previous cycle
+        # (pop_r): so that its next value does not wait for pop, late in its cycle.
+        occupied = Signal(range(D + 2))
+        pop_r = Signal()
         tail_sealed = Signal()
         push = Signal()
         push_e = Signal(E)
@@ -403,7 +406,7 @@ class Loader(wiring.Component):
         m.d.sync += self.mask_addr.eq(p_maddr)
 
         s0_fire = Signal()
-        m.d.comb += s0_fire.eq((state == SCAN) & (occupied < D))
+        m.d.comb += s0_fire.eq((state == SCAN) & (occupied - pop_r < D))
         m.d.comb += [self.flag_en.eq(q_valid), self.mask_en.eq(q_valid)]
 
         # Row / column validity and the words each kx reads (relative to the group's first
@@ -558,12 +561,10 @@ class Loader(wiring.Component):
             m.d.sync += wptr.eq(Mux(wptr == D - 1, 0, wptr + 1))
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == D - 1, 0, rptr + 1))
-        # pop comes late (the head's mask, read from LUT RAM in this cycle): it selects between
-        # the two values occupied can take, worked out without it.
-        occ_stay = Signal.like(occupied)
-        m.d.comb += occ_stay.eq(occupied + s0_fire - (s3_valid & ~push))
-        m.d.sync += [level.eq(level + push - pop),
-                     occupied.eq(Mux(pop, occ_stay - 1, occ_stay))]
+        # pop comes late (the head's mask, read from LUT RAM in this cycle): occupied takes it
+        # a cycle later, through pop_r.
+        m.d.sync += [level.eq(level + push - pop), pop_r.eq(pop),
+                     occupied.eq(occupied + s0_fire - (s3_valid & ~push) - pop_r)]
 
         # ==== issue ============================================================================
         head = Signal(E)
@@ -744,7 +745,7 @@ class Loader(wiring.Component):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), s3_valid.eq(0),
-                wptr.eq(0), rptr.eq(0), level.eq(0), occupied.eq(0),
+                wptr.eq(0), rptr.eq(0), level.eq(0), occupied.eq(0), pop_r.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), w_valid.eq(0),
                 x_valid.eq(0), a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0),
                 o_valid.eq(0),
