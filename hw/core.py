@@ -30,10 +30,11 @@ __all__ = ["Core", "bus_layouts", "YOSYS_NO_COLLISIONS"]
 PARAM_LANES = 9
 
 #: Yosys command for a design holding the core, run after reading it: the read data of a
-#: core memory's read port is never used in a cycle in which the memory's write port writes.
-#: The host's accesses and the compute pipeline's never overlap (``busy`` switches every
-#: port); a layer reads one ping-pong buffer while the output stage writes the other; the
-#: host's read ports are enabled in its write cycles too, but then nothing takes their data.
+#: core memory's read port is never used in a cycle in which the memory's write port writes
+#: the word read. The host's accesses and the compute pipeline's never overlap (``busy``
+#: switches every port); a layer reads one ping-pong buffer while the output stage writes the
+#: other (the two halves of each bank's memory); the host's read ports are enabled in its
+#: write cycles too, but then nothing takes their data.
 #: So a collision may read anything, and Yosys need not emulate the read-first behaviour of
 #: Amaranth's read ports with a comparator and a multiplexer after each block RAM. It applies
 #: to synchronous read ports of memories with one write port and no transparency (all of the
