@@ -77,6 +77,11 @@ def _smax(a, b):
     return Mux(a > b, a, b)
 
 
+def _smax3(a, b, c):
+    """max(a, b, c), its three comparisons side by side (one carry chain deep)."""
+    return Mux((a >= b) & (a >= c), a, Mux(b >= c, b, c))
+
+
 class OutputStage(wiring.Component):
     def __init__(self, config):
         R, C, OW = config.rows, config.cols, config.out_words
@@ -331,20 +336,22 @@ class OutputStage(wiring.Component):
                                  for w in range(OW) for j in range(C)]
 
         # ---- hand-off: res → pool buffer / hold buffer / writer ------------------------------
-        pbuf = [[Signal(act8, name=f"pbuf_{r}_{j}") for j in range(C)] for r in range(R)]
+        # pbuf holds the first block of a pool pair as the maxima of its horizontal pairs.
+        pbuf = [[Signal(act8, name=f"pbuf_{r}_{q}") for q in range(H)] for r in range(R)]
         hold = [[Signal(act8, name=f"hold_{r}_{q}") for q in range(H)] for r in range(R)]
         wbuf = [[Signal(act8, name=f"wbuf_{r}_{j}") for j in range(C)] for r in range(R)]
-        # Pooled blocks are handed off one cycle late, from vm, the registered vertical maximum
-        # of res and pbuf (res may by then hold the next block's first step, vm does not).
-        vm = [[Signal(act8, name=f"vm_{r}_{j}") for j in range(C)] for r in range(R)]
-        m.d.sync += [vm[r][j].eq(_smax(res[r][j], pbuf[r][j])) for r in range(R) for j in range(C)]
-        pm = [[_smax(vm[r][2 * q], vm[r][2 * q + 1]) for q in range(H)] for r in range(R)]
+        # Pooled blocks are handed off one cycle late, from pm, the registered 2×2 maximum of
+        # res and pbuf (res may by then hold the next block's first step, pm does not): its
+        # three comparisons side by side, so that the hand-off only selects registers.
+        pm = [[Signal(act8, name=f"pm_{r}_{q}") for q in range(H)] for r in range(R)]
+        m.d.sync += [pm[r][q].eq(_smax3(res[r][2 * q], res[r][2 * q + 1], pbuf[r][q]))
+                     for r in range(R) for q in range(H)]
         late = Signal()
         m.d.sync += late.eq(done & pool & ~done_geo.pair)
         # The hand-off's strobes are registers, worked out a cycle ahead, one copy per row of
         # the buffers (each row's R·C/R bytes get their own). done_geo holds through late (the
         # next block's last step comes U ≥ 2 cycles after done).
-        # take_pair = done & done_geo.pair: res → pbuf
+        # take_pair = done & done_geo.pair: res's horizontal maxima → pbuf
         take_pair = copies(m, se.valid & se.last & d_geo.pair, R, "take_pair")
         # take_res = done & ~pool: res → wbuf, the writer starts
         take_res = copies(m, se.valid & se.last & ~pool, R, "take_res")
@@ -392,7 +399,8 @@ class OutputStage(wiring.Component):
 
         for r in range(R):
             with m.If(take_pair[r]):
-                m.d.sync += [pbuf[r][j].eq(res[r][j]) for j in range(C)]
+                m.d.sync += [pbuf[r][q].eq(_smax(res[r][2 * q], res[r][2 * q + 1]))
+                             for q in range(H)]
             with m.If(late_hold[r]):
                 m.d.sync += [hold[r][q].eq(pm[r][q]) for q in range(H)]
             with m.If(take_res[r]):
