@@ -284,6 +284,8 @@ class Loader(wiring.Component):
         wptr = Signal(range(D))
         rptr = Signal(range(D))
         level = Signal(range(D + 1))
+        level_nz = Signal()                     # level != 0
+        level_ge2 = Signal()                    # level >= 2
         # level + the groups in P, Q, S1, S2 and S3, + the group popped in the previous cycle
         # (pop_r): so that its next value does not wait for pop, late in its cycle.
         occupied = Signal(range(D + 2))
@@ -561,10 +563,14 @@ class Loader(wiring.Component):
             m.d.sync += wptr.eq(Mux(wptr == D - 1, 0, wptr + 1))
         with m.If(pop):
             m.d.sync += rptr.eq(Mux(rptr == D - 1, 0, rptr + 1))
-        # pop comes late (the head's mask, read from LUT RAM in this cycle): occupied takes it
-        # a cycle later, through pop_r.
-        m.d.sync += [level.eq(level + push - pop), pop_r.eq(pop),
-                     occupied.eq(occupied + s0_fire - (s3_valid & ~push) - pop_r)]
+        # pop comes late (the head's mask, read from LUT RAM in this cycle): level and its flags
+        # choose by pop between two next values worked out without it; occupied takes it a
+        # cycle later, through pop_r.
+        kept = level + push
+        m.d.sync += [level.eq(Mux(pop, kept - 1, kept)),
+                     level_nz.eq(Mux(pop, kept > 1, kept > 0)),
+                     level_ge2.eq(Mux(pop, kept > 2, kept > 1)),
+                     pop_r.eq(pop), occupied.eq(occupied + s0_fire - (s3_valid & ~push) - pop_r)]
 
         # ==== issue ============================================================================
         head = Signal(E)
@@ -584,9 +590,9 @@ class Loader(wiring.Component):
             rem.eq(head.mask & ~done_bits),
             low.eq(rem & (~rem + 1)[:G]),
             final.eq(_at_most_one(rem, G)),
-            sealed.eq((level >= 2) | tail_sealed),
+            sealed.eq(level_ge2 | tail_sealed),
             ends.eq(final & head.last),
-            fire_i.eq((level != 0) & (~final | sealed) & ~(ends & (outstanding == self.credits))),
+            fire_i.eq(level_nz & (~final | sealed) & ~(ends & (outstanding == self.credits))),
             pop.eq(fire_i & final),
             idx.eq(Cat(*[Cat(*[low[b] for b in range(G) if (b >> n) & 1]).any()
                          for n in range(max(1, (G - 1).bit_length()))])),
@@ -738,14 +744,15 @@ class Loader(wiring.Component):
                                      & ((L.rows == 0) | (L.xgs == 0) | (L.in_c == 0)))
             m.d.sync += state.eq(Mux(empty, DRAIN, SCAN))
         with m.If((state == DRAIN) & ~p_valid & ~q_valid & ~s1_valid & ~s2_valid & ~s3_valid
-                  & (level == 0) & ~w_valid & ~x_valid & ~a_valid & ~r_valid & ~d_valid
+                  & ~level_nz & ~w_valid & ~x_valid & ~a_valid & ~r_valid & ~d_valid
                   & ~e_valid & ~o_valid):
             m.d.sync += [state.eq(IDLE), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [
                 L.eq(self.desc), skip.eq(self.skip), state.eq(SETUP), done.eq(0),
                 p_valid.eq(0), q_valid.eq(0), s1_valid.eq(0), s2_valid.eq(0), s3_valid.eq(0),
-                wptr.eq(0), rptr.eq(0), level.eq(0), occupied.eq(0), pop_r.eq(0),
+                wptr.eq(0), rptr.eq(0), level.eq(0), level_nz.eq(0), level_ge2.eq(0),
+                occupied.eq(0), pop_r.eq(0),
                 tail_sealed.eq(0), blk_has.eq(0), done_bits.eq(0), started.eq(0), w_valid.eq(0),
                 x_valid.eq(0), a_valid.eq(0), r_valid.eq(0), d_valid.eq(0), e_valid.eq(0),
                 o_valid.eq(0),
