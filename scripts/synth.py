@@ -31,6 +31,7 @@ Usage::
 
 import argparse
 import ast
+import contextlib
 import copy
 import importlib
 import itertools
@@ -39,6 +40,8 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -51,7 +54,8 @@ from amaranth.lib import wiring
 from hw import build
 from hw.fanout import YOSYS_KEEP_COPIES
 
-__all__ = ["TARGETS", "Harness", "toolchain_env", "synthesize", "slow_endpoints", "format_table"]
+__all__ = ["TARGETS", "Harness", "BuildTimeout", "toolchain_env", "synthesize", "run_build_script",
+           "router_progress", "slow_endpoints", "format_table"]
 
 #: Yosys command, run right after reading the design: the wires Amaranth adds for the elements
 #: of an array-shaped signal (``wgt_data__0[18]``, byte 18 of the 256-bit ``wgt_data__0``) lose
@@ -304,7 +308,7 @@ def _summarize(target, report, cells):
 
 
 def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextpnr_opts=(),
-               seed=1, name="top", quiet=True, overrides=None):
+               seed=1, name="top", quiet=True, overrides=None, time_limit=None):
     """Synthesize ``top_factory()`` for ``target``; return resource use and fmax as a dict.
 
     ``top_factory`` returns a :class:`wiring.Component` (wrapped in :class:`Harness`) or a
@@ -313,7 +317,8 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     ``report.json``) go into ``build_dir``. ``mhz`` overrides the clock constraint;
     ``overrides`` are further Amaranth toolchain overrides (a ``script_after_read`` runs after
     :data:`hw.fanout.YOSYS_KEEP_COPIES`, which keeps register copies apart, and
-    :data:`YOSYS_HIDE_ELEMENT_WIRES`).
+    :data:`YOSYS_HIDE_ELEMENT_WIRES`). ``time_limit`` (seconds) stops the tools when they take
+    longer (:func:`run_build_script`; :class:`BuildTimeout`).
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
     ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``, ``bram_outreg``
@@ -354,7 +359,7 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     )
     if target == "ecp5":
         _absorb_bram_registers(plan, name)
-    plan.execute_local(build_dir, env=toolchain_env())
+    run_build_script(plan.extract(build_dir), plan.script, toolchain_env(), timeout=time_limit)
     wall = time.monotonic() - t0
 
     res = {"target": target, "device": f"{platform.device}-{platform.package}"}
@@ -367,6 +372,71 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     if target == "ecp5":
         res["bram_outreg"] = json.loads((build_dir / BRAM_OUTREG_SUMMARY).read_text())
     return res
+
+
+class BuildTimeout(RuntimeError):
+    """The tools ran longer than their time limit and were stopped."""
+
+
+def run_build_script(build_dir, script, env, timeout=None):
+    """Run ``sh <script>.sh`` in ``build_dir`` (an extracted Amaranth build plan).
+
+    The script and every process it starts run in a session of their own, which is stopped
+    whole when the script runs longer than ``timeout`` seconds (:class:`BuildTimeout`) or this
+    process is interrupted, so that no place-and-route is left running. A failing script raises
+    :class:`subprocess.CalledProcessError`.
+    """
+    command = ["sh", f"{script}.sh"]
+    proc = subprocess.Popen(command, cwd=build_dir, env=env, start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=timeout)
+    except BaseException as e:
+        _stop_session(proc)
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise BuildTimeout(f"the tools ran longer than the time limit of "
+                               f"{timeout / 60:g} min and were stopped") from None
+        raise
+    if returncode:
+        raise subprocess.CalledProcessError(returncode, command)
+
+
+def _stop_session(proc, grace=10):
+    """SIGTERM to every process of the session ``proc`` leads; SIGKILL to those left after
+    ``grace`` seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the script, or its group lives on as a zombie
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+#: One progress line of nextpnr's router1: iterations, arcs (re-)routed with and without rip-up
+#: in all and in the last batch, arcs left to route, seconds for the batch and in all.
+_ROUTER1_PROGRESS = re.compile(
+    r"^Info:\s+\d+ \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|\s+[\d.]+\s+([\d.]+)\|$", re.M)
+
+
+def router_progress(log):
+    """router1's last progress report in the nextpnr log ``log``: ``{"arcs_left": int,
+    "routing_s": float}``, or None if routing had not reported (or the log is missing)."""
+    path = Path(log)
+    if not path.is_file():
+        return None
+    found = _ROUTER1_PROGRESS.findall(path.read_text(errors="replace"))
+    if not found:
+        return None
+    arcs, seconds = found[-1]
+    return {"arcs_left": int(arcs), "routing_s": float(seconds)}
 
 
 #: What scripts/bram_outreg.py did to an ECP5 netlist, in the build folder.

@@ -15,13 +15,16 @@ no other board I/O), and:
   Yosys cell counts of the netlist (when synthesis got that far) and nextpnr's complaint.
 
 Targets: ``ecp5`` = ULX3S 85F (LFE5U-85F), ``up5k`` = iCEBreaker (iCE40UP5K). One synthesis at a
-time (the machines this runs on have few cores); expect tens of minutes in all.
+time (the machines this runs on have few cores); expect tens of minutes in all. A target's
+tools are stopped after ``--time-limit`` minutes (default 90), and the result then says how far
+they got: the placement's fmax estimate and, if routing had begun, the connections left.
 
 Writes ``results/synth.json`` and the README section ``synth`` (``scripts/readme.py``).
 
 Usage::
 
-    python scripts/synth_core.py [--target ecp5] [--target up5k] [--no-readme]
+    python scripts/synth_core.py [--target ecp5] [--target up5k] [--seed N] [--time-limit MIN]
+                                 [--no-readme]
 """
 
 import argparse
@@ -36,7 +39,16 @@ from pathlib import Path
 
 from place_paths import analyse
 from readme import write_section
-from synth import TARGETS, _yosys_cells, critical_paths, format_table, synthesize, toolchain_env
+from synth import (
+    TARGETS,
+    BuildTimeout,
+    _yosys_cells,
+    critical_paths,
+    format_table,
+    router_progress,
+    synthesize,
+    toolchain_env,
+)
 
 from sw.config import CONFIGS
 
@@ -57,6 +69,9 @@ FLOWS = {
 }
 
 COMMAND = "python scripts/synth_core.py"
+#: Default time limit of one target's tools, in minutes. Routed ECP5 runs took 24 to 61 minutes
+#: (fb9e248 to 7e097ba); router1 can also spend hours on its last hundred connections (README).
+TIME_LIMIT_MIN = 90
 #: With --place-only: the placed design (ECP5), its slowest paths kept, and which of their
 #: nets count as long.
 PLACED = "placed.json"
@@ -134,7 +149,7 @@ def tool_versions():
 
 # -- one target -------------------------------------------------------------------------------
 
-def run_target(target, build_root, seed, place_only=False):
+def run_target(target, build_root, seed, place_only=False, time_limit=None):
     from hw.core import YOSYS_NO_COLLISIONS, Core
     flow = dict(FLOWS[target])
     if place_only:
@@ -154,18 +169,21 @@ def run_target(target, build_root, seed, place_only=False):
     print(f"[{target}] synthesizing Core(CONFIGS[{flow['config']!r}]) "
           f"({config.pes} MACs) ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
+    timed_out = False
     try:
         res = synthesize(lambda: Core(config), target, build_dir,
                          synth_opts=flow["synth_opts"], nextpnr_opts=flow["nextpnr_opts"],
-                         seed=seed, overrides={"script_after_read": YOSYS_NO_COLLISIONS})
+                         seed=seed, overrides={"script_after_read": YOSYS_NO_COLLISIONS},
+                         time_limit=time_limit)
         entry.update(res)
         entry["status"] = "ok"
     except Exception as e:  # a failed build is a result too
         entry["status"] = "failed"
         entry["error"] = f"{type(e).__name__}: {e}"
+        timed_out = entry["timed_out"] = isinstance(e, BuildTimeout)
         entry["wall_s"] = round(time.monotonic() - t0, 1)
         entry["build_dir"] = str(build_dir.resolve())
-        if not isinstance(e, subprocess.CalledProcessError):
+        if not isinstance(e, (subprocess.CalledProcessError, BuildTimeout)):
             traceback.print_exc()
     rpt, tim = build_dir / "top.rpt", build_dir / "top.tim"
     if entry["status"] == "failed":
@@ -177,6 +195,10 @@ def run_target(target, build_root, seed, place_only=False):
             entry["cells"] = _yosys_cells(rpt)
         entry["nextpnr_errors"] = nextpnr_errors(tim)
         entry["nextpnr_utilisation"] = nextpnr_utilisation(tim)
+        if timed_out and (progress := router_progress(tim)):
+            entry["router_progress"] = progress
+            entry["error"] += (f"; router1 still had {progress['arcs_left']} connections to "
+                               f"route after {progress['routing_s'] / 60:.0f} min of routing")
     entry["place_only"] = place_only
     entry["fmax_estimate_mhz"] = fmax_estimate(tim)
     if tim.is_file():
@@ -268,15 +290,20 @@ def markdown(entries, versions, wall, command):
                                  f"`{p['from']}` → `{p['to']}`")
     for e in entries:
         if e["status"] != "ok":
-            lines.append(f"* **{e['target']}: {e['stage']} failed** after "
+            timed_out = e.get("timed_out", False)
+            lines.append(f"* **{e['target']}: {e['stage']} "
+                         f"{'stopped at the time limit' if timed_out else 'failed'}** after "
                          f"{e['wall_s'] / 60:.1f} min: "
                          + "; ".join(e.get("nextpnr_errors") or [e["error"]]).replace("|", "/"))
-        if e["status"] != "ok":
+            if e.get("fmax_estimate_mhz"):
+                lines.append(f"  nextpnr's last fmax estimate (after placement): "
+                             f"≈{e['fmax_estimate_mhz']} MHz.")
             util = e.get("nextpnr_utilisation") or {}
             if util:
-                lines.append("  Demand (nextpnr, after packing): " + ", ".join(
-                    f"{k} {u} / {a} ({100 * u / a:.0f}%)" for k, (u, a) in util.items()
-                    if u and k not in ("SB_IO", "SB_GB", "TRELLIS_IO")) + ".")
+                use = ", ".join(f"{k} {u} / {a} ({100 * u / a:.0f}%)" for k, (u, a) in util.items()
+                                if u and k not in ("SB_IO", "SB_GB", "TRELLIS_IO"))
+                lines.append(f"  {'Use' if timed_out else 'Demand'} (nextpnr, after packing): "
+                             f"{use}.")
             cells = e.get("cells") or {}
             if cells:
                 ff = sum(n for c, n in cells.items() if "DFF" in c or c == "TRELLIS_FF")
@@ -308,6 +335,9 @@ def main(argv=None):
     parser.add_argument("--build-dir", default=ROOT / "build" / "synth_core", type=Path)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "synth.json")
+    parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_MIN, metavar="MIN",
+                        help="stop a target's tools after MIN minutes and report how far they "
+                             "got (default: %(default)g; 0: no limit)")
     parser.add_argument("--place-only", action="store_true",
                         help="stop after placement (resources and nextpnr's fmax estimate)")
     parser.add_argument("--report-only", action="store_true",
@@ -316,6 +346,9 @@ def main(argv=None):
     parser.add_argument("--no-readme", action="store_true",
                         help="do not write the README section")
     args = parser.parse_args(argv)
+    if args.time_limit < 0:
+        parser.error(f"--time-limit must be 0 (no limit) or a number of minutes, "
+                     f"not {args.time_limit:g}")
 
     if args.report_only:
         last = json.loads(args.json.read_text())
@@ -330,7 +363,8 @@ def main(argv=None):
         versions = tool_versions()
         entries = []
         for target in args.target or list(FLOWS):
-            entries.append(run_target(target, args.build_dir, args.seed, args.place_only))
+            entries.append(run_target(target, args.build_dir, args.seed, args.place_only,
+                                      time_limit=args.time_limit * 60 or None))
             _write_json(args.json, entries, versions, time.monotonic() - t0, command)
         wall = time.monotonic() - t0
 
@@ -343,7 +377,8 @@ def main(argv=None):
               + (f" ({e['demo']['error']})" if e["demo"]["error"] else "")
               + (f"; critical path {crit}" if crit else ""))
         if e["status"] != "ok":
-            print(f"  {e['stage']} failed: {e['error']}")
+            print(f"  {e['stage']} "
+                  f"{'stopped' if e.get('timed_out') else 'failed'}: {e['error']}")
             for line in e.get("nextpnr_errors", []):
                 print(f"  {line}")
     print(f"total wall time {wall:.0f} s")

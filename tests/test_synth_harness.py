@@ -1,10 +1,12 @@
 """The synthesis harness (scripts/synth.py): its LED is the XOR of every output bit of the
 component, delayed by its register tree, and it counts the flip-flops it adds. The Yosys
-command that hides the names of array elements' wires, and the summary of the registers that
-miss the clock in a nextpnr report."""
+command that hides the names of array elements' wires, the summary of the registers that
+miss the clock in a nextpnr report, the time limit of a build script and router1's progress."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,14 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from synth import YOSYS_HIDE_ELEMENT_WIRES, Harness, slow_endpoints  # noqa: E402
+from synth import (  # noqa: E402
+    YOSYS_HIDE_ELEMENT_WIRES,
+    BuildTimeout,
+    Harness,
+    router_progress,
+    run_build_script,
+    slow_endpoints,
+)
 
 
 class _Wide(wiring.Component):
@@ -122,3 +131,57 @@ def test_slow_endpoints_groups_the_registers_that_miss_their_clock():
     ]
     assert slow_endpoints(report, count=1) == groups[:1]
     assert slow_endpoints({"fmax": {}, "detailed_net_timings": []}) == []
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # an exited child of ours that nobody reaped yet is not running
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.is_file() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_build_script_past_its_time_limit_is_stopped_with_its_children(tmp_path):
+    # The script starts a long child (as Amaranth's scripts start nextpnr) and waits for it.
+    (tmp_path / "top.sh").write_text("sleep 300 &\necho $! > child.pid\nwait\n")
+    t0 = time.monotonic()
+    with pytest.raises(BuildTimeout, match="time limit of 0.03 min"):
+        run_build_script(tmp_path, "top", dict(os.environ), timeout=1.8)
+    assert time.monotonic() - t0 < 30
+    child = int((tmp_path / "child.pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the script's child outlived the time limit"
+
+
+def test_build_script_results(tmp_path):
+    (tmp_path / "ok.sh").write_text("echo done > out.txt\n")
+    run_build_script(tmp_path, "ok", dict(os.environ), timeout=60)
+    assert (tmp_path / "out.txt").read_text() == "done\n"
+    (tmp_path / "bad.sh").write_text("exit 3\n")
+    with pytest.raises(subprocess.CalledProcessError) as info:
+        run_build_script(tmp_path, "bad", dict(os.environ))
+    assert info.value.returncode == 3
+
+
+def test_router_progress_is_routers_last_report(tmp_path):
+    log = tmp_path / "top.tim"
+    assert router_progress(log) is None
+    log.write_text("Info: Running simulated annealing placer for refinement.\n"
+                   "Info: Max frequency for clock '$glbnet$clk': 75.62 MHz (PASS at 12.00 MHz)\n")
+    assert router_progress(log) is None
+    # as nextpnr 0.11.1's router1 printed them routing the core
+    log.write_text(log.read_text() + """\
+Info: Routing..
+Info: Setting up routing queue.
+Info: Routing 174853 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|
+Info:       1000 |      604        395 |  604   395 |    174253|       4.52       4.52|
+Info:     363000 |    85851     268517 |  413   582 |       188|      46.11    1100.62|
+Info:     364000 |    86374     268994 |  523   477 |       162|     478.22    1578.84|
+""")
+    assert router_progress(log) == {"arcs_left": 162, "routing_s": 1578.84}
