@@ -61,11 +61,15 @@ ROOT = Path(__file__).resolve().parent.parent
 #: estimated 61.4 and 71.5 MHz against heap's 53.2 and 49.6 MHz (seeds 1 and 2). It is routed by
 #: the default ``router1``, which is slow here but gets there: it placed and routed a0490f3 in 101
 #: minutes (79.5 MHz), while ``router2`` stalled at 20k overused wires on static's placement of
-#: 20f2b37 (47k on heap's).
+#: 20f2b37 (47k on heap's). ``seed`` is nextpnr's default seed for the target (``--seed``
+#: overrides it): the placement, and with it whether router1 finishes, varies with it. For
+#: 1793da4's netlist router1 stalled on its last 50–60 connections with seeds 1 and 2 (stopped
+#: after 90 minutes of routing) and routed seeds 3 and 4 in 41 and 43 minutes (100.97 and
+#: 103.31 MHz); 4 is the default, so that ``make synth`` reproduces the README's table.
 FLOWS = {
-    "up5k": {"config": "up5k", "synth_opts": (), "nextpnr_opts": ()},
+    "up5k": {"config": "up5k", "synth_opts": (), "nextpnr_opts": (), "seed": 1},
     "ecp5": {"config": "ecp5", "synth_opts": (),
-             "nextpnr_opts": ("--placer", "static")},
+             "nextpnr_opts": ("--placer", "static"), "seed": 4},
 }
 
 COMMAND = "python scripts/synth_core.py"
@@ -149,9 +153,10 @@ def tool_versions():
 
 # -- one target -------------------------------------------------------------------------------
 
-def run_target(target, build_root, seed, place_only=False, time_limit=None):
+def run_target(target, build_root, seed=None, place_only=False, time_limit=None):
     from hw.core import YOSYS_NO_COLLISIONS, Core
     flow = dict(FLOWS[target])
+    seed = flow["seed"] if seed is None else seed
     if place_only:
         # Routing the 85F design takes a quarter of an hour (fb9e248) to well over an hour
         # (a0490f3, and the netlists up to 86f62d7 did not finish); placement gives the
@@ -163,7 +168,8 @@ def run_target(target, build_root, seed, place_only=False, time_limit=None):
     build_dir = build_root / target
     entry = {"target": target, "config": flow["config"], "config_params": config.to_dict(),
              "macs": config.pes, "synth_opts": list(TARGETS[target].synth_opts)
-             + list(flow["synth_opts"]), "nextpnr_opts": list(flow["nextpnr_opts"])}
+             + list(flow["synth_opts"]), "nextpnr_opts": list(flow["nextpnr_opts"]),
+             "seed": seed}
     print(f"[{target}] demo-mnist fit ...", file=sys.stderr, flush=True)
     entry["demo"] = demo_fit(config)
     print(f"[{target}] synthesizing Core(CONFIGS[{flow['config']!r}]) "
@@ -258,6 +264,7 @@ def markdown(entries, versions, wall, command):
             f"{e['fmax_mhz']} MHz ({e['constraint_mhz']:g})" if e["fmax_mhz"] else
             f"≈{e['fmax_estimate_mhz']} MHz after placement, not routed "
             f"({e['constraint_mhz']:g})"))
+        row("nextpnr seed", lambda e: str(e.get("seed", "-")))
         row("demo-mnist fits", lambda e: "yes" if e["demo"]["fits"] else "**no**")
         row("wall time", lambda e: f"{e['wall_s'] / 60:.1f} min")
         lines.append("")
@@ -333,7 +340,8 @@ def main(argv=None):
     parser.add_argument("--target", "-t", action="append", choices=sorted(FLOWS),
                         help="target (repeatable; default: all)")
     parser.add_argument("--build-dir", default=ROOT / "build" / "synth_core", type=Path)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int,
+                        help="nextpnr's seed (default: the target's, FLOWS in this script)")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "synth.json")
     parser.add_argument("--time-limit", type=float, default=TIME_LIMIT_MIN, metavar="MIN",
                         help="stop a target's tools after MIN minutes and report how far they "
