@@ -55,7 +55,8 @@ from hw import build
 from hw.fanout import YOSYS_KEEP_COPIES
 
 __all__ = ["TARGETS", "Harness", "BuildTimeout", "toolchain_env", "synthesize", "run_build_script",
-           "router_progress", "slow_endpoints", "format_table"]
+           "router_progress", "slow_endpoints", "format_table", "module_breakdown",
+           "memory_blocks"]
 
 #: Yosys command, run right after reading the design: the wires Amaranth adds for the elements
 #: of an array-shaped signal (``wgt_data__0[18]``, byte 18 of the 256-bit ``wgt_data__0``) lose
@@ -437,6 +438,86 @@ def router_progress(log):
         return None
     arcs, seconds = found[-1]
     return {"arcs_left": int(arcs), "routing_s": float(seconds)}
+
+
+# -- where the resources go -------------------------------------------------------------------
+
+#: Yosys cell types (or type prefixes) that count as each resource in :func:`module_breakdown`.
+RESOURCES = {
+    "lut": ("SB_LUT4", "LUT4"),
+    "ff": ("SB_DFF", "TRELLIS_FF"),
+    "carry": ("SB_CARRY", "CCU2C"),
+    "dsp": ("SB_MAC16", "MULT18X18D", "ALU54B"),
+    "bram": ("SB_RAM40_4K", "DP16KD"),
+    "spram": ("SB_SPRAM256KA",),
+}
+#: The synthesis of :func:`module_breakdown`, in the build folder.
+HIER_SCRIPT, HIER_STAT = "hier.ys", "hier_stat.txt"
+
+
+def _resource(cell_type):
+    return next((r for r, types in RESOURCES.items() if cell_type.startswith(types)), None)
+
+
+def hier_stats(text, depth=3):
+    """Resources per module of a Yosys ``stat`` of a design synthesized with ``-noflatten``.
+
+    ``text`` holds one ``=== <module> ===`` section per module with its own cells (Yosys
+    0.70). Modules are named by their path (``top.core.loader.q``) and summed into the module
+    of their first ``depth`` path components (``top.core.loader``). Returns
+    ``{module: {resource: count}}`` (:data:`RESOURCES`), modules in the order Yosys lists them.
+    """
+    out, module = {}, None
+    for line in text.splitlines():
+        if line.startswith("=== "):
+            name = line.strip("= ").strip()
+            module = None if name == "design hierarchy" else ".".join(name.split(".")[:depth])
+            if module is not None:
+                out.setdefault(module, dict.fromkeys(RESOURCES, 0))
+            continue
+        match = re.match(r"^\s+(\d+)\s+([$A-Za-z_]\w*)\s*$", line)
+        if module is not None and match and (resource := _resource(match.group(2))):
+            out[module][resource] += int(match.group(1))
+    return out
+
+
+def memory_blocks(netlist, top="top"):
+    """Block RAMs per memory of a synthesized netlist (Yosys JSON): ``{memory: {type: n}}``.
+
+    Yosys names the block RAMs of memory ``core.act_0`` ``core.act_0.<i>.<j>`` (or, for a
+    memory whose name it made unique, ``core.desc$401.<i>.<j>``)."""
+    cells = json.loads(Path(netlist).read_text())["modules"][top]["cells"]
+    out = {}
+    for name, cell in cells.items():
+        if _resource(cell["type"]) in ("bram", "spram"):
+            memory = re.sub(r"(\$\d+)?(\.\d+)+$", "", name)
+            counts = out.setdefault(memory, {})
+            counts[cell["type"]] = counts.get(cell["type"], 0) + 1
+    return out
+
+
+def module_breakdown(build_dir, name="top", timeout=None):
+    """Synthesize the design of an extracted build in ``build_dir`` again, its hierarchy kept.
+
+    The Yosys script of the build (``<name>.ys``) runs up to its ``synth_*`` command, which
+    gets ``-noflatten``; the resources of the modules (:func:`hier_stats`) are then their own,
+    not merged across module boundaries, so they add up to a little more than the flat
+    netlist's. Returns ``{"modules": ..., "wall_s": ...}``; raises
+    :class:`subprocess.CalledProcessError` if Yosys fails, :class:`BuildTimeout` after
+    ``timeout`` seconds.
+    """
+    build_dir = Path(build_dir)
+    lines = (build_dir / f"{name}.ys").read_text().splitlines()
+    synth = next((n for n, ln in enumerate(lines) if ln.strip().startswith("synth_")), None)
+    if synth is None:
+        raise ValueError(f"{build_dir / f'{name}.ys'} has no synth_* command")
+    script = [*lines[:synth], lines[synth] + " -noflatten", f"tee -q -o {HIER_STAT} stat"]
+    (build_dir / HIER_SCRIPT).write_text("\n".join(script) + "\n")
+    (build_dir / "hier.sh").write_text(f'"$YOSYS" -q -l hier.log {HIER_SCRIPT}\n')
+    t0 = time.monotonic()
+    run_build_script(build_dir, "hier", toolchain_env(), timeout=timeout)
+    return {"modules": hier_stats((build_dir / HIER_STAT).read_text()),
+            "wall_s": round(time.monotonic() - t0, 1)}
 
 
 #: What scripts/bram_outreg.py did to an ECP5 netlist, in the build folder.

@@ -45,6 +45,8 @@ from synth import (
     _yosys_cells,
     critical_paths,
     format_table,
+    memory_blocks,
+    module_breakdown,
     router_progress,
     synthesize,
     toolchain_env,
@@ -151,6 +153,13 @@ def tool_versions():
     return out
 
 
+def git_commit():
+    """The commit the tree is at (``-dirty`` with uncommitted changes), or None outside git."""
+    out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=7"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
 # -- one target -------------------------------------------------------------------------------
 
 def run_target(target, build_root, seed=None, place_only=False, time_limit=None):
@@ -169,7 +178,7 @@ def run_target(target, build_root, seed=None, place_only=False, time_limit=None)
     entry = {"target": target, "config": flow["config"], "config_params": config.to_dict(),
              "macs": config.pes, "synth_opts": list(TARGETS[target].synth_opts)
              + list(flow["synth_opts"]), "nextpnr_opts": list(flow["nextpnr_opts"]),
-             "seed": seed}
+             "seed": seed, "commit": git_commit(), "versions": tool_versions()}
     print(f"[{target}] demo-mnist fit ...", file=sys.stderr, flush=True)
     entry["demo"] = demo_fit(config)
     print(f"[{target}] synthesizing Core(CONFIGS[{flow['config']!r}]) "
@@ -205,6 +214,16 @@ def run_target(target, build_root, seed=None, place_only=False, time_limit=None)
             entry["router_progress"] = progress
             entry["error"] += (f"; router1 still had {progress['arcs_left']} connections to "
                                f"route after {progress['routing_s'] / 60:.0f} min of routing")
+        over = [k for k, (used, avail) in entry["nextpnr_utilisation"].items() if used > avail]
+        if entry["stage"] == "nextpnr" and over:
+            # It does not fit: where the resources go, by module and by memory.
+            print(f"[{target}] too large ({', '.join(over)}); synthesizing again with the "
+                  "hierarchy kept ...", file=sys.stderr, flush=True)
+            try:
+                entry["breakdown"] = module_breakdown(build_dir, timeout=time_limit)
+                entry["breakdown"]["memories"] = memory_blocks(build_dir / "top.json")
+            except (subprocess.CalledProcessError, BuildTimeout) as e:
+                entry["breakdown_error"] = f"{type(e).__name__}: {e}"
     entry["place_only"] = place_only
     entry["fmax_estimate_mhz"] = fmax_estimate(tim)
     if tim.is_file():
@@ -241,6 +260,10 @@ def markdown(entries, versions, wall, command):
         f"Amaranth {versions['amaranth']}; {wall / 60:.0f} min in all):",
         "",
     ]
+    other = [e["target"] for e in entries if e.get("versions", versions) != versions]
+    if other:
+        lines[0] = lines[0][:-1] + (f"; {', '.join(other)} with other tool versions, listed "
+                                    "in the JSON):")
     if ok:
         lines += ["| | " + " | ".join(f"{e['target']} ({e['device']})" for e in ok) + " |",
                   "|---|" + "---:|" * len(ok)]
@@ -265,6 +288,7 @@ def markdown(entries, versions, wall, command):
             f"≈{e['fmax_estimate_mhz']} MHz after placement, not routed "
             f"({e['constraint_mhz']:g})"))
         row("nextpnr seed", lambda e: str(e.get("seed", "-")))
+        row("commit", lambda e: e.get("commit") or "-")
         row("demo-mnist fits", lambda e: "yes" if e["demo"]["fits"] else "**no**")
         row("wall time", lambda e: f"{e['wall_s'] / 60:.1f} min")
         lines.append("")
@@ -299,7 +323,8 @@ def markdown(entries, versions, wall, command):
         if e["status"] != "ok":
             timed_out = e.get("timed_out", False)
             lines.append(f"* **{e['target']}: {e['stage']} "
-                         f"{'stopped at the time limit' if timed_out else 'failed'}** after "
+                         f"{'stopped at the time limit' if timed_out else 'failed'}**"
+                         + (f" (at {e['commit']})" if e.get("commit") else "") + " after "
                          f"{e['wall_s'] / 60:.1f} min: "
                          + "; ".join(e.get("nextpnr_errors") or [e["error"]]).replace("|", "/"))
             if e.get("fmax_estimate_mhz"):
@@ -319,10 +344,60 @@ def markdown(entries, versions, wall, command):
                     if not c.startswith("$") and "DFF" not in c and "IO" not in c)
                     + f", {ff} flip-flops.")
     for e in entries:
+        if e.get("breakdown"):
+            lines += ["", *breakdown_markdown(e)]
+        elif e.get("breakdown_error"):
+            lines.append(f"* {e['target']}: the synthesis by module failed: "
+                         f"{e['breakdown_error']}")
+    for e in entries:
         if not e["demo"]["fits"]:
             lines.append(f"* Configuration `{e['config']}` does not hold demo-mnist: "
                          f"{e['demo']['error']}.")
     return "\n".join(lines)
+
+
+def breakdown_markdown(entry):
+    """The resources of a target that does not fit, by module and by memory."""
+    columns = (("LUT", "lut"), ("FF", "ff"), ("carry", "carry"), ("DSP", "dsp"),
+               ("block RAM", "bram"), ("SPRAM", "spram"))
+    rows = {}
+    for module, use in entry["breakdown"]["modules"].items():
+        if module == "top.core":
+            label = "core: sequencer, host bus, memories"
+        elif module.startswith("top.core.count_"):
+            label = "core: layer counters"
+        elif module.startswith("top.core."):
+            label = module.removeprefix("top.core.")
+        else:
+            label = "harness and clock"
+        row = rows.setdefault(label, dict.fromkeys(use, 0))
+        for key, n in use.items():
+            row[key] += n
+    columns = [(h, k) for h, k in columns if any(row.get(k) for row in rows.values())]
+    total = {k: sum(row[k] for row in rows.values()) for _, k in columns}
+    # What the device has, from nextpnr's utilisation report (an iCE40 logic cell holds a
+    # LUT, a flip-flop and a carry).
+    util = entry.get("nextpnr_utilisation") or {}
+    avail = {key: next((util[bel][1] for bel in bels if bel in util), None) for key, bels in (
+        ("lut", ("ICESTORM_LC", "TRELLIS_COMB")), ("ff", ("ICESTORM_LC", "TRELLIS_FF")),
+        ("carry", ("ICESTORM_LC",)), ("dsp", ("ICESTORM_DSP", "MULT18X18_CORE")),
+        ("bram", ("ICESTORM_RAM", "DP16KD")), ("spram", ("ICESTORM_SPRAM",)))}
+    lines = [f"{entry['target']} by module (Yosys again, with `-noflatten`, "
+             f"{entry['breakdown']['wall_s'] / 60:.1f} min; a module's logic is not merged "
+             "with its neighbours', so the sums run a little above the netlist's):", "",
+             "| module | " + " | ".join(h for h, _ in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    order = sorted(rows, key=lambda label: -rows[label]["lut"] - rows[label]["ff"])
+    for label in order:
+        lines.append(f"| {label} | " + " | ".join(str(rows[label][k]) for _, k in columns) + " |")
+    lines.append("| **total** (device) | " + " | ".join(
+        f"{total[k]}" + (f" ({avail[k]})" if avail.get(k) else "") for _, k in columns) + " |")
+    memories = sorted(entry["breakdown"]["memories"].items(),
+                      key=lambda item: -sum(item[1].values()))
+    if memories:
+        lines += ["", f"{entry['target']} block RAMs by memory: " + ", ".join(
+            f"`{name.removeprefix('core.')}` {sum(n.values())}" for name, n in memories) + "."]
+    return lines
 
 
 def _write_json(path, entries, versions, wall, command):
@@ -367,14 +442,19 @@ def main(argv=None):
                          fmax_estimate(args.build_dir / e["target"] / "top.tim"))
     else:
         command = COMMAND + (" --place-only" if args.place_only else "")
-        t0 = time.monotonic()
         versions = tool_versions()
-        entries = []
+        # With --target, the other targets' last results stay (each entry has its commit).
+        kept = []
+        if args.target and args.json.is_file():
+            kept = [e for e in json.loads(args.json.read_text())["results"]
+                    if e["target"] not in args.target]
+        done = []
         for target in args.target or list(FLOWS):
-            entries.append(run_target(target, args.build_dir, args.seed, args.place_only,
-                                      time_limit=args.time_limit * 60 or None))
-            _write_json(args.json, entries, versions, time.monotonic() - t0, command)
-        wall = time.monotonic() - t0
+            done.append(run_target(target, args.build_dir, args.seed, args.place_only,
+                                   time_limit=args.time_limit * 60 or None))
+            entries = sorted(kept + done, key=lambda e: list(FLOWS).index(e["target"]))
+            wall = sum(e["wall_s"] for e in entries)
+            _write_json(args.json, entries, versions, wall, command)
 
     ok = [e for e in entries if e["status"] == "ok"]
     if ok:

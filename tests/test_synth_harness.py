@@ -1,7 +1,8 @@
 """The synthesis harness (scripts/synth.py): its LED is the XOR of every output bit of the
 component, delayed by its register tree, and it counts the flip-flops it adds. The Yosys
 command that hides the names of array elements' wires, the summary of the registers that
-miss the clock in a nextpnr report, the time limit of a build script and router1's progress."""
+miss the clock in a nextpnr report, the time limit of a build script, router1's progress, and
+the resources by module and by memory."""
 
 import os
 import subprocess
@@ -13,17 +14,23 @@ import pytest
 from amaranth import Module, Signal
 from amaranth.back import rtlil
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
+
+from hw.core import YOSYS_NO_COLLISIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from synth import (  # noqa: E402
     YOSYS_HIDE_ELEMENT_WIRES,
     BuildTimeout,
     Harness,
+    memory_blocks,
+    module_breakdown,
     router_progress,
     run_build_script,
     slow_endpoints,
+    toolchain_env,
 )
 
 
@@ -185,3 +192,56 @@ Info:     363000 |    85851     268517 |  413   582 |       188|      46.11    1
 Info:     364000 |    86374     268994 |  523   477 |       162|     478.22    1578.84|
 """)
     assert router_progress(log) == {"arcs_left": 162, "routing_s": 1578.84}
+
+
+class _Counter(wiring.Component):
+    def __init__(self, width):
+        super().__init__({"count": Out(width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += self.count.eq(self.count + 1)
+        return m
+
+
+class _Parts(wiring.Component):
+    """A 12-bit counter in submodule ``counter``, a 512 × 16 memory ``mem`` (two iCE40 block
+    RAMs of 256 × 16) and a 5-bit register of its own."""
+
+    def __init__(self):
+        super().__init__({"addr": In(9), "wdata": In(16), "we": In(1), "rdata": Out(16),
+                          "count": Out(12), "reg": Out(5)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.counter = counter = _Counter(12)
+        m.submodules.mem = mem = Memory(shape=16, depth=512, init=[])
+        rd, wr = mem.read_port(), mem.write_port()
+        m.d.comb += [rd.addr.eq(self.addr), wr.addr.eq(self.addr), wr.data.eq(self.wdata),
+                     wr.en.eq(self.we), self.rdata.eq(rd.data), self.count.eq(counter.count)]
+        m.d.sync += self.reg.eq(self.wdata[:5] ^ self.addr[:5])
+        return m
+
+
+def test_module_breakdown_and_memory_blocks(tmp_path):
+    # An extracted build as Amaranth writes it: the design and a Yosys script that flattens
+    # (with the core's script after reading, which spares the memory collision logic).
+    (tmp_path / "top.il").write_text(rtlil.convert(_Parts(), name="top"))
+    (tmp_path / "top.ys").write_text(f"read_rtlil top.il\n{YOSYS_NO_COLLISIONS}\n"
+                                     "synth_ice40 -top top\nwrite_json top.json\n")
+    (tmp_path / "top.sh").write_text('"$YOSYS" -q top.ys\n')
+    run_build_script(tmp_path, "top", toolchain_env())
+    assert memory_blocks(tmp_path / "top.json") == {"mem": {"SB_RAM40_4K": 2}}
+
+    modules = module_breakdown(tmp_path)["modules"]
+    assert set(modules) == {"top", "top.counter"}
+    assert modules["top.counter"]["ff"] == 12 and modules["top.counter"]["bram"] == 0
+    assert modules["top.counter"]["carry"] > 0
+    assert modules["top"]["ff"] == 5 and modules["top"]["bram"] == 2
+    assert "-noflatten" in (tmp_path / "hier.ys").read_text()
+
+
+def test_module_breakdown_needs_a_synth_command(tmp_path):
+    (tmp_path / "top.ys").write_text("read_rtlil top.il\nwrite_json top.json\n")
+    with pytest.raises(ValueError, match="no synth_"):
+        module_breakdown(tmp_path)
