@@ -76,7 +76,8 @@ FLOWS = {
 
 COMMAND = "python scripts/synth_core.py"
 #: Default time limit of one target's tools, in minutes. Routed ECP5 runs took 24 to 61 minutes
-#: (fb9e248 to 7e097ba); router1 can also spend hours on its last hundred connections (README).
+#: (fb9e248 to 7e097ba); router1 can also spend hours on its last hundred connections
+#: (docs/TIMING.md).
 TIME_LIMIT_MIN = 90
 #: With --place-only: the placed design (ECP5), its slowest paths kept, and which of their
 #: nets count as long.
