@@ -1,8 +1,8 @@
 """Arithmetic helpers shared by the gateware."""
 
-from amaranth import ClockSignal, Const, Instance, Mux, Signal, Value, signed
+from amaranth import Cat, ClockSignal, Const, Instance, Mux, Signal, Value, signed
 
-__all__ = ["lut_mul", "registered_product", "within"]
+__all__ = ["lut_mul", "registered_product", "registered_products", "within"]
 
 
 def within(x, eps):
@@ -85,3 +85,60 @@ def registered_product(m, a, b, name, platform=None):
     m.submodules[name] = Instance("MULT18X18D", p_GSR="DISABLED", p_RESETMODE="SYNC",
                                   **params, **ports)
     return p
+
+
+def _has_mac16(platform):
+    """An iCE40 UltraPlus: SB_MAC16 blocks (the iCE40 families without them have none)."""
+    return (getattr(platform, "family", None) == "iCE40"
+            and str(getattr(platform, "device", "")).startswith("iCE40UP"))
+
+
+def registered_products(m, pairs, name, platform=None):
+    """The products ``a · b`` of ``pairs`` of 8-bit values, each taken as signed, with the
+    operands and the products registered: like :func:`registered_product`, the products of the
+    operands of cycle ``t`` are in cycle ``t+2``. Returns one signal per pair, named
+    ``<name>_<n>`` (36 bits, so that it reads like :func:`registered_product`'s; only the low
+    16 bits can be non-zero or sign).
+
+    On an iCE40 UltraPlus each two pairs share one SB_MAC16 in its 8×8 mode: operand register
+    A holds both ``a``, B both ``b``, and its two 8×8 multipliers (signed with ``A_SIGNED`` and
+    ``B_SIGNED`` in that mode) give the products into their own registers, the upper one on
+    ``O[31:16]``, the lower one on ``O[15:0]``: 16 MACs on the UP5K's 8 blocks. Elsewhere each
+    pair is :func:`registered_product` (on ECP5 a MULT18X18D of its own), named as above.
+    """
+    pairs = [(Value.cast(a), Value.cast(b)) for a, b in pairs]
+    for a, b in pairs:
+        if len(a) > 8 or len(b) > 8:
+            raise ValueError(f"registered_products takes operands of at most 8 bits, "
+                             f"not {len(a)} and {len(b)}")
+    if not _has_mac16(platform):
+        return [registered_product(m, a, b, f"{name}_{n}", platform)
+                for n, (a, b) in enumerate(pairs)]
+    products = [Signal(signed(36), name=f"{name}_{n}") for n in range(len(pairs))]
+    for n in range(0, len(pairs), 2):
+        two = pairs[n:n + 2]
+        lo, hi = two[0], two[1] if len(two) > 1 else (Const(0, 8), Const(0, 8))
+        o = Signal(32, name=f"{name}_{n}_o")
+        m.submodules[f"{name}_{n}"] = Instance(
+            "SB_MAC16",
+            p_A_REG=1, p_B_REG=1, p_TOP_8x8_MULT_REG=1, p_BOT_8x8_MULT_REG=1,
+            p_MODE_8x8=1, p_A_SIGNED=1, p_B_SIGNED=1,
+            p_TOPOUTPUT_SELECT=0b10, p_BOTOUTPUT_SELECT=0b10,
+            i_CLK=ClockSignal("sync"), i_CE=Const(1),
+            i_A=Cat(_sext8(lo[0]), _sext8(hi[0])), i_B=Cat(_sext8(lo[1]), _sext8(hi[1])),
+            i_C=Const(0, 16), i_D=Const(0, 16),
+            i_AHOLD=Const(0), i_BHOLD=Const(0), i_CHOLD=Const(0), i_DHOLD=Const(0),
+            i_IRSTTOP=Const(0), i_IRSTBOT=Const(0), i_ORSTTOP=Const(0), i_ORSTBOT=Const(0),
+            i_OLOADTOP=Const(0), i_OLOADBOT=Const(0), i_ADDSUBTOP=Const(0),
+            i_ADDSUBBOT=Const(0), i_OHOLDTOP=Const(0), i_OHOLDBOT=Const(0),
+            i_CI=Const(0), i_ACCUMCI=Const(0), i_SIGNEXTIN=Const(0),
+            o_O=o)
+        m.d.comb += products[n].eq(o[:16].as_signed())
+        if len(two) > 1:
+            m.d.comb += products[n + 1].eq(o[16:].as_signed())
+    return products
+
+
+def _sext8(x):
+    """``x`` (at most 8 bits, taken as signed) as 8 bits, sign-extended."""
+    return Cat(*(x[min(i, len(x) - 1)] for i in range(8)))

@@ -6,9 +6,10 @@ Five pipeline stages, one slot per cycle, and no stall anywhere:
    blocks instead of one register feeding ``R·C`` of them across the chip);
 1. each PE's operands ``act[j]`` and ``wgt[r·C + j]`` are registered;
 2. their product is registered (one signed 8×8 multiply per PE,
-   :func:`hw.arith.registered_product`: on ECP5 a MULT18X18D with its input and output
+   :func:`hw.arith.registered_products`: on ECP5 a MULT18X18D with its input and output
    registers, so stages 1 and 2 are inside the DSP block and the wires to and from it run
-   between registers only);
+   between registers only; on the iCE40 UltraPlus the same in an SB_MAC16 shared by two
+   neighbouring PEs of a row);
 3. the accumulators add them (``first``: load instead of add);
 4. a block whose last slot was added moves from the accumulators into a shadow register (a
    queue of :meth:`PEArray.credits` of them), while the next block accumulates; the queue's
@@ -35,7 +36,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import registered_product
+from .arith import registered_products
 from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, slot_layout
 
@@ -87,14 +88,10 @@ class PEArray(wiring.Component):
             c0.tag.eq(p.tag),
             c1.eq(c0), c2.eq(c1),
         ]
-        # Stages 1 and 2: the products.
-        prod = []
-        for r in range(R):
-            for j in range(C):
-                k = r * C + j
-                a = act[r].word_select(j, cfg.act_bits).as_signed()
-                prod.append(registered_product(m, a, s0_wgt[k], f"mul_{k}", platform)
-                            [:2 * cfg.act_bits].as_signed())
+        # Stages 1 and 2: the products (PE k is row k // C, column k % C).
+        operands = [(act[k // C].word_select(k % C, cfg.act_bits), s0_wgt[k]) for k in range(N)]
+        prod = [p[:2 * cfg.act_bits].as_signed()
+                for p in registered_products(m, operands, "mul", platform)]
 
         # Stage 3: the accumulators add the products. Stage 4: a block whose last slot was
         # added in stage 3 moves from the accumulators into the shadow queue (shadow[0], its

