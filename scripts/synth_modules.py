@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
 """Synthesize, place and route the core's three compute modules alone on ECP5.
 
-The whole core does not route in reasonable time on the machines this runs on (its ECP5
-figure is an estimate after placement, ``scripts/synth_core.py``), so the loader, the PE array
-and the output stage are each routed on their own, behind the harness of
-:func:`synth.synthesize` (LFSR-driven inputs, XOR-reduced outputs), in configuration ``ecp5``.
-For each: LUT/FF/DSP use, fmax and its critical path (source, sink, logic and routing delay).
+The loader, the PE array and the output stage are each placed and routed on their own, behind
+the harness of :func:`synth.synthesize` (LFSR-driven inputs, XOR-reduced outputs), in
+configuration ``ecp5``: each module's own speed limit, apart from the congestion of the whole
+chip (``scripts/synth_core.py``), in a fraction of the whole core's run time. For each: LUT/FF/DSP
+use, fmax and its critical path (source, sink, logic and routing delay), and the commit it was
+measured at.
 
 Writes ``results/modules/<Module>.json`` (the same format as ``scripts/synth.py --json``) and
-the README section ``modules`` (``scripts/readme.py``). About 15 minutes in all.
+the README section ``modules`` (``scripts/readme.py``) from all modules' files. About 15
+minutes each.
 
 Usage::
 
-    python scripts/synth_modules.py [--module OutputStage] [--no-readme]
+    python scripts/synth_modules.py [--module OutputStage] [--no-readme] [--report-only]
 """
 
 import argparse
@@ -106,10 +108,12 @@ def main(argv=None):
     parser.add_argument("--out", default=ROOT / "results" / "modules", type=Path)
     parser.add_argument("--no-readme", action="store_true",
                         help="do not update README.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite the README section from the modules' files")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.module or list(MODULES):
+    for name in [] if args.report_only else args.module or list(MODULES):
         t0 = time.monotonic()
         print(f"{name}: synthesizing ...", flush=True)
         data = measure(name, args.build_dir)
