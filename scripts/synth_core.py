@@ -381,7 +381,7 @@ def breakdown_markdown(entry):
     util = entry.get("nextpnr_utilisation") or {}
     avail = {key: next((util[bel][1] for bel in bels if bel in util), None) for key, bels in (
         ("lut", ("ICESTORM_LC", "TRELLIS_COMB")), ("ff", ("ICESTORM_LC", "TRELLIS_FF")),
-        ("carry", ("ICESTORM_LC",)), ("dsp", ("ICESTORM_DSP", "MULT18X18_CORE")),
+        ("carry", ("ICESTORM_LC",)), ("dsp", ("ICESTORM_DSP", "MULT18X18D")),
         ("bram", ("ICESTORM_RAM", "DP16KD")), ("spram", ("ICESTORM_SPRAM",)))}
     lines = [f"{entry['target']} by module (Yosys again, with `-noflatten`, "
              f"{entry['breakdown']['wall_s'] / 60:.1f} min; a module's logic is not merged "
