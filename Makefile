@@ -23,6 +23,7 @@ sim: $(STAMP)
 # Benchmarks write results/*.json and the README's results section.
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --config ecp5
 
 tiles: $(STAMP)
 	$(PY) scripts/tile_study.py
