@@ -18,7 +18,7 @@ and on the sim backend, and checks and reports:
   of its columns; a fully-connected layer's output is one pixel wide) and ≤ 1.25 × ideal for the
   whole network; skip realisation ≥ 0.95 on every layer with at least 8 input channels;
 * if ``results/synth.json`` holds a routed build of the configuration, the images per second
-  its busy cycles give at that build's fmax.
+  at that build's fmax, from the runs' cycles as the hardware counts them.
 
 Writes a JSON (``results/bench.json``; ``results/bench-<config>.json`` for another
 configuration) and the README's results tables (section ``bench``, or ``bench-<config>``).
@@ -101,9 +101,7 @@ def main():
         row = {"name": layer.name, "shape": layer.describe(),
                "ideal_cycles": off["ideal_cycles"], "busy_noskip": off["busy_cycles"],
                "busy_over_ideal": off["busy_cycles"] / off["ideal_cycles"],
-               # conv_shape is (channels, rows, width) before pooling; (N, 1, 1) for an fc layer
-               "maps_onto_array": (layer.conv_shape[0] % program.config.rows == 0
-                                   and layer.conv_shape[2] % program.config.cols == 0),
+               "maps_onto_array": maps_onto_array(layer, program.config),
                "in_channels": layer.in_shape[0], "realisation": {}, "bytes_saved": {}}
         for eps in args.epsilons:
             on = by[(eps, True)]["sim"]["layers"][i]
@@ -178,6 +176,13 @@ def main():
     print(text)
     if not args.no_readme:
         write_section(f"bench{suffix}", text)
+
+
+def maps_onto_array(layer, config):
+    """Whether ``layer``'s output channels and output width (before pooling; an fc layer's
+    output ``(N, 1, 1)`` is one pixel wide) are multiples of the array's rows and columns."""
+    channels, _, width = layer.conv_shape
+    return channels % config.rows == 0 and width % config.cols == 0
 
 
 def acceptance_checks(layers, network, epsilons):
