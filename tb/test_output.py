@@ -50,7 +50,9 @@ def programs(cfg):
     b.append(_fc(b[-1]["out_shape"], 9))
     c = [_conv(3, 6, 2 * C + 1, R + 1, pool=True, relu=True)]
     d = [_conv(3, 5, 6, 5, s=2)]
-    return [a, b, c, d]
+    # CHW layers of fewer channels than R: fewer requantization steps per block (2 here)
+    e = [_conv(3, 6, 2 * C + 2, 2, relu=True, pool=True), _conv(2, 3, C + 1, 3)]
+    return [a, b, c, d, e]
 
 
 def make_program(cfg, specs, rng, epsilon):
