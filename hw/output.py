@@ -133,7 +133,7 @@ class OutputStage(wiring.Component):
         u_last = Signal(range(U), init=U - 1)     # (the initial values are those of u_n = U)
         u_ready = Signal(range(U), init=U - 2)
         u_two = Signal(init=U == 2)
-        groups = (desc.out_c + OW - 1) >> _clog2(OW) if OW > 1 else desc.out_c
+        groups = (desc.out_c + OW - 1) // OW    # ceil(out_c / OW); OW need not be a power of 2
         u_n = Mux(desc.out_hwc | (desc.out_c >= R), U, Mux(groups < 2, 2, groups))
         m.d.sync += [u_last.eq(u_n - 1), u_ready.eq(u_n - 2), u_two.eq(u_n == 2)]
         step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
