@@ -6,7 +6,7 @@ Ports
 -----
 ``i``
     Block stream from the PE array. The block's accumulators are read straight from
-    ``i.payload`` over ``U`` cycles (below); the block is accepted (``i.ready``) in its last
+    ``i.payload`` over ``u_n`` cycles (below); the block is accepted (``i.ready``) in its last
     requantization step. ``i.ready`` is a register (high in a block's last step; a source must
     hold a block until it is accepted, as streams do).
 ``i_ready_next`` (out)
@@ -34,12 +34,12 @@ Ports
 Throughput and latency
 ----------------------
 Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` products of
-32 × 16 bits, each two registered 18 × 18 multiplies), ``U`` cycles per block: ``R/OW``, but for
-a layer written in CHW with fewer output channels than ``R`` (its one channel group fills only
-part of the rows), ``ceil(out_c / OW)`` and at least 2 — the steps of rows with no channel are
-not taken. The writer runs concurrently on the previous block: ``U`` cycles (CHW),
+32 × 16 bits, each two registered 18 × 18 multiplies), ``u_n`` cycles per block: ``R/OW``, but
+for a layer written in CHW with fewer output channels than ``R`` (its one channel group fills
+only part of the rows), ``ceil(out_c / OW)`` and at least 2 — the steps of rows with no channel
+are not taken. The writer runs concurrently on the previous block: ``u_n`` cycles (CHW),
 ``R/OW`` (HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first block of a
-pool pair, an even ``xg`` of a pooled CHW row) — never more than ``U``, so the pipeline never
+pool pair, an even ``xg`` of a pooled CHW row) — never more than ``u_n``, so the pipeline never
 waits for the writer and has no stall signal at all. A block whose last step is in cycle
 ``t`` has its first write on ``wr`` in cycle ``t+14`` (``t+15`` when pooled: the 2×2 maximum
 takes a register stage of its own).
