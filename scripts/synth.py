@@ -56,7 +56,7 @@ from hw.fanout import YOSYS_KEEP_COPIES
 
 __all__ = ["TARGETS", "Harness", "BuildTimeout", "toolchain_env", "synthesize", "run_build_script",
            "router_progress", "slow_endpoints", "format_table", "module_breakdown",
-           "memory_blocks"]
+           "memory_blocks", "hardware_commit"]
 
 #: Yosys command, run right after reading the design: the wires Amaranth adds for the elements
 #: of an array-shaped signal (``wgt_data__0[18]``, byte 18 of the 256-bit ``wgt_data__0``) lose
@@ -438,6 +438,19 @@ def router_progress(log):
         return None
     arcs, seconds = found[-1]
     return {"arcs_left": int(arcs), "routing_s": float(seconds)}
+
+
+def hardware_commit():
+    """The commit the hardware is built from: the short hash of HEAD, ``+changes`` when
+    ``hw/`` or ``sw/`` differ from it; None outside a git work tree."""
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                          capture_output=True, text=True)
+    if head.returncode:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "hw", "sw"], cwd=root,
+                           capture_output=True, text=True).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 # -- where the resources go -------------------------------------------------------------------

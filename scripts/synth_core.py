@@ -45,6 +45,7 @@ from synth import (
     _yosys_cells,
     critical_paths,
     format_table,
+    hardware_commit,
     memory_blocks,
     module_breakdown,
     router_progress,
@@ -154,13 +155,6 @@ def tool_versions():
     return out
 
 
-def git_commit():
-    """The commit the tree is at (``-dirty`` with uncommitted changes), or None outside git."""
-    out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=7"],
-                         capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 # -- one target -------------------------------------------------------------------------------
 
 def run_target(target, build_root, seed=None, place_only=False, time_limit=None):
@@ -179,7 +173,7 @@ def run_target(target, build_root, seed=None, place_only=False, time_limit=None)
     entry = {"target": target, "config": flow["config"], "config_params": config.to_dict(),
              "macs": config.pes, "synth_opts": list(TARGETS[target].synth_opts)
              + list(flow["synth_opts"]), "nextpnr_opts": list(flow["nextpnr_opts"]),
-             "seed": seed, "commit": git_commit(), "versions": tool_versions()}
+             "seed": seed, "commit": hardware_commit(), "versions": tool_versions()}
     print(f"[{target}] demo-mnist fit ...", file=sys.stderr, flush=True)
     entry["demo"] = demo_fit(config)
     print(f"[{target}] synthesizing Core(CONFIGS[{flow['config']!r}]) "

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from readme import write_section
-from synth import _factory, synthesize
+from synth import _factory, hardware_commit, synthesize
 
 from hw.pe_array import PEArray
 from sw.config import CONFIGS
@@ -42,14 +42,6 @@ MODULES = {
 }
 
 
-def _commit():
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                          capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "hw", "sw"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
-    return head + ("+changes" if dirty else "")
-
-
 def _tool_error(build_dir):
     """The first ERROR line of the Yosys or nextpnr log in ``build_dir``."""
     for log in ("top.rpt", "top.tim"):
@@ -64,7 +56,7 @@ def _tool_error(build_dir):
 def measure(name, build_dir):
     spec, extra = MODULES[name]
     params = {"config": CONFIG, **extra}
-    data = {"factory": spec, "params": params, "commit": _commit()}
+    data = {"factory": spec, "params": params, "commit": hardware_commit()}
     try:
         data["results"] = [synthesize(_factory(spec, params), TARGET,
                                       build_dir / name / TARGET)]
