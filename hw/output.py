@@ -6,7 +6,7 @@ Ports
 -----
 ``i``
     Block stream from the PE array. The block's accumulators are read straight from
-    ``i.payload`` over ``u_n`` cycles (below); the block is accepted (``i.ready``) in its last
+    ``i.payload`` over ``R/OW`` cycles; the block is accepted (``i.ready``) in its last
     requantization step. ``i.ready`` is a register (high in a block's last step; a source must
     hold a block until it is accepted, as streams do).
 ``i_ready_next`` (out)
@@ -34,15 +34,12 @@ Ports
 Throughput and latency
 ----------------------
 Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` products of
-32 × 16 bits, each two registered 18 × 18 multiplies), ``u_n`` cycles per block: ``R/OW``, but
-for a layer written in CHW with fewer output channels than ``R`` (its one channel group fills
-only part of the rows), ``ceil(out_c / OW)`` and at least 2 — the steps of rows with no channel
-are not taken. The writer runs concurrently on the previous block: ``u_n`` cycles (CHW),
-``R/OW`` (HWC conv), ``R/(2·OW)`` (HWC pooled), ``R/(C·OW)`` (fc) or none (the first block of a
-pool pair, an even ``xg`` of a pooled CHW row) — never more than ``u_n``, so the pipeline never
-waits for the writer and has no stall signal at all. A block whose last step is in cycle
-``t`` has its first write on ``wr`` in cycle ``t+14`` (``t+15`` when pooled: the 2×2 maximum
-takes a register stage of its own).
+32 × 16 bits, each two registered 18 × 18 multiplies), ``R/OW`` cycles per block; the writer
+runs concurrently on the previous block: ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC
+pooled), ``R/(C·OW)`` (fc) or none (the first block of a pool pair, an even ``xg`` of a pooled
+CHW row) — never more than ``R/OW``, so the pipeline never waits for the writer and has no
+stall signal at all. A block whose last step is in cycle ``t`` has its first write on ``wr``
+in cycle ``t+14`` (``t+15`` when pooled: the 2×2 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
@@ -111,7 +108,7 @@ class OutputStage(wiring.Component):
     def elaborate(self, platform):
         cfg = self.config
         R, C, OW, NB = cfg.rows, cfg.cols, cfg.out_words, cfg.act_banks
-        U = R // OW            # requantization steps per block, at most (module docstring)
+        U = R // OW            # requantization steps per block
         H = C // 2
         KB = R // C            # channel groups (HWC words per pixel) per block
         lnb = _clog2(NB)
@@ -125,31 +122,20 @@ class OutputStage(wiring.Component):
 
         # ---- requantization pipeline --------------------------------------------------------
         # It never stalls: a block's steps enter stage A0 at most one per cycle, so consecutive
-        # blocks reach the hand-off at least u_n cycles apart, and the writer needs at most u_n
+        # blocks reach the hand-off at least U cycles apart, and the writer needs at most U
         # cycles for a block (module docstring), so it is always free in time.
-        # u_n, the layer's steps per block, in registers worked out from the descriptor, which
-        # is constant while a layer runs (and changes only while the stage is idle, long before
-        # the layer's first block is on i): u_last = u_n − 1, u_ready = u_n − 2, u_two: u_n = 2.
-        u_last = Signal(range(U), init=U - 1)     # (the initial values are those of u_n = U)
-        u_ready = Signal(range(U), init=U - 2)
-        u_two = Signal(init=U == 2)
-        groups = (desc.out_c + OW - 1) // OW    # ceil(out_c / OW); OW need not be a power of 2
-        u_n = Mux(desc.out_hwc | (desc.out_c >= R), U, Mux(groups < 2, 2, groups))
-        m.d.sync += [u_last.eq(u_n - 1), u_ready.eq(u_n - 2), u_two.eq(u_n == 2)]
         step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
         done = Signal()                  # res holds a complete block (geometry in done_geo)
         go = Signal()                    # stage A0 takes a step of the block on i
         # Within a block (step > 0) the block stays on i, so it is accepted exactly when its
-        # last step is taken: i.ready is a register (u_n ≥ 2).
-        # ready's next value is Mux(go, step == u_n - 2, step == u_n - 1); within a block go is
-        # high, and between blocks step is 0, so for u_n ≥ 3 it is step == u_n - 2 (no path
-        # from go to the PE array's copies).
+        # last step is taken: i.ready is a register (U ≥ 2).
+        # ready's next value is Mux(go, step == U - 2, step == U - 1); within a block go is
+        # high, so for U ≥ 3 it is step == U - 2 (no path from go to the PE array's copies).
         ready = Signal()
         m.d.comb += [
             go.eq(i.valid),
             i.ready.eq(ready),
-            self.i_ready_next.eq(Mux(u_two, go & (step == 0), step == u_ready) if U >= 3
-                                 else go & (step == 0)),
+            self.i_ready_next.eq(step == U - 2 if U >= 3 else go & (step == 0)),
         ]
         m.d.sync += ready.eq(self.i_ready_next)
 
@@ -161,10 +147,10 @@ class OutputStage(wiring.Component):
                for j in range(C)] for w in range(OW)]
         x1 = [[Signal(signed(32), name=f"x1_{w}_{j}") for j in range(C)] for w in range(OW)]
         accs = i.payload.acc
-        m.d.sync += [s0.valid.eq(go), s0.last.eq(step == u_last), s0.step.eq(step),
+        m.d.sync += [s0.valid.eq(go), s0.last.eq(step == U - 1), s0.step.eq(step),
                      s0.tag.eq(i.payload.tag), s1.eq(s0)]
         step_next = Signal(range(U))
-        m.d.comb += step_next.eq(Mux(go, Mux(step == u_last, 0, step + 1), step))
+        m.d.comb += step_next.eq(Mux(go, Mux(step == U - 1, 0, step + 1), step))
         m.d.sync += step.eq(step_next)
         # step selects among all R·C accumulators: each column j has a copy of it, and the
         # parameter address one more (hw/fanout.py); they load step's next value, so they equal
@@ -364,9 +350,7 @@ class OutputStage(wiring.Component):
         m.d.sync += late.eq(done & pool & ~done_geo.pair)
         # The hand-off's strobes are registers, worked out a cycle ahead, one copy per row of
         # the buffers (each row's R·C/R bytes get their own). done_geo holds through late (the
-        # next block's last step comes u_n ≥ 2 cycles after done). A CHW block of fewer
-        # channels than R leaves the rows past them in res as they were; the writer does not
-        # read them.
+        # next block's last step comes U ≥ 2 cycles after done).
         # take_pair = done & done_geo.pair: res's horizontal maxima → pbuf
         take_pair = copies(m, se.valid & se.last & d_geo.pair, R, "take_pair")
         # take_res = done & ~pool: res → wbuf, the writer starts
@@ -396,8 +380,8 @@ class OutputStage(wiring.Component):
         w_mask = Signal(C)                  # done_geo.mask of the block being written
 
         def steps_after_first(is_hwc):
-            """w_ul at a column's first step: an HWC column has KB/OW steps, a CHW one u_n."""
-            return Mux(is_hwc, KB // OW - 1, u_last)
+            """w_ul at a column's first step: an HWC column has KB/OW steps, a CHW one U."""
+            return Mux(is_hwc, KB // OW - 1, U - 1)
 
         # ---- writer ---------------------------------------------------------------------------
         with m.If(wbusy):

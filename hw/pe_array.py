@@ -45,7 +45,7 @@ __all__ = ["PEArray"]
 
 class PEArray(wiring.Component):
     #: Cycles the loader's credit loop (issue → ``o`` → taken by the output stage → back)
-    #: takes beyond a block's own requantization steps (``R/OW``, or fewer: hw/output.py).
+    #: takes beyond a block's own ``R/OW`` requantization steps.
     CREDIT_LOOP = 13
 
     @classmethod
@@ -53,9 +53,7 @@ class PEArray(wiring.Component):
         """Finished blocks the array holds: blocks a source may have sent (their last slot)
         and not yet seen taken from ``o``. Enough that blocks of ``R/OW`` cycles (the output
         stage's pace) flow without a gap through the credit loop of ``R/OW + CREDIT_LOOP``
-        cycles: 2 for ``ecp5``, 3 for ``default``. (A CHW layer with fewer channels than ``R``
-        has blocks of fewer steps; a source then waits for credits when its blocks are short
-        too: ``credits`` blocks per ``steps + CREDIT_LOOP`` cycles.)"""
+        cycles: 2 for ``ecp5``, 3 for ``default``."""
         steps = config.rows // config.out_words
         return 1 + -(-cls.CREDIT_LOOP // steps)
 
