@@ -50,8 +50,8 @@ def programs(cfg):
     b.append(_fc(b[-1]["out_shape"], 9))
     c = [_conv(3, 6, 2 * C + 1, R + 1, pool=True, relu=True)]
     d = [_conv(3, 5, 6, 5, s=2)]
-    # CHW layers of fewer channels than R: fewer requantization steps per block (2, 2, and
-    # ceil((R/2 + 1) / OW)); the last layer writes HWC (the network's output)
+    # CHW layers of fewer channels than R (2, 3 and R/2 + 1: their blocks fill part of the
+    # rows); the last layer writes HWC (the network's output)
     e = [_conv(3, 6, 2 * C + 2, 2, relu=True, pool=True), _conv(2, 3, C + 1, 3),
          _conv(3, 3, C + 1, R // 2 + 1), _conv(R // 2 + 1, 3, C + 1, 2)]
     return [a, b, c, d, e]

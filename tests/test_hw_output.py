@@ -11,7 +11,7 @@ SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_cha
                max_width=16, act_words=256, weight_words=4096)
 #: Six requantization steps per block: the parameter memory's rows per cog (8) are not steps.
 STEPS6 = SMALL.replace(rows=12, max_channels=32, act_words=1024)
-#: Three words per step (not a power of two), four steps per block.
+#: Three words per requantization step (not a power of two), four steps per block.
 OW3 = Config(rows=12, cols=4, tile=(1, 1, 4), act_banks=4, out_words=3, max_channels=32,
              max_width=32, act_words=1024, weight_words=4096)
 TOP = "output_stage"
