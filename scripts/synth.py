@@ -187,6 +187,10 @@ def _platform(target, mhz):
     return platform
 
 
+#: A cell count of a Yosys ``stat`` (Yosys 0.70): ``"      279   SB_LUT4"``.
+_STAT_CELL = re.compile(r"^\s+(\d+)\s+([$A-Za-z_]\w*)\s*$")
+
+
 def _yosys_cells(rpt):
     """Cell counts of the last ``stat`` in a Yosys log."""
     text = Path(rpt).read_text()
@@ -202,7 +206,7 @@ def _yosys_cells(rpt):
         if re.match(r"^\d+(\.\d+)*\. ", line):  # next pass
             break
         # "      279   SB_LUT4" (Yosys 0.70) or "     SB_LUT4   279" (older)
-        match = (re.match(r"^\s+(\d+)\s+([$A-Za-z_]\w*)\s*$", line)
+        match = (_STAT_CELL.match(line)
                  or re.match(r"^\s+([$A-Za-z_]\w*)\s+(\d+)\s*$", line))
         if not match:
             continue
@@ -488,7 +492,7 @@ def hier_stats(text, depth=3):
             if module is not None:
                 out.setdefault(module, dict.fromkeys(RESOURCES, 0))
             continue
-        match = re.match(r"^\s+(\d+)\s+([$A-Za-z_]\w*)\s*$", line)
+        match = _STAT_CELL.match(line)
         if module is not None and match and (resource := _resource(match.group(2))):
             out[module][resource] += int(match.group(1))
     return out
