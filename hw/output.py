@@ -6,13 +6,15 @@ Ports
 -----
 ``i``
     Block stream from the PE array. The block's accumulators are read straight from
-    ``i.payload`` over ``R/OW`` cycles; the block is accepted (``i.ready``) in its last
+    ``i.payload`` over ``u_n`` cycles (below); the block is accepted (``i.ready``) in its last
     requantization step. ``i.ready`` is a register (high in a block's last step; a source must
     hold a block until it is accepted, as streams do).
 ``i_ready_next`` (out)
     The value ``i.ready`` takes in the next cycle (for the PE array's copies of it).
 ``desc``, ``epsilon``
-    The current layer's descriptor and ε; constant while ``idle`` is low.
+    The current layer's descriptor and ε; constant while ``idle`` is low, and the descriptor
+    from the cycle before the layer's first block is on ``i`` (the steps per block are worked
+    out from it in registers).
 ``param_addr`` (out), ``param_data`` (in, ``OW·53`` bits, :func:`hw.tags.param_layout`)
     A read port of the output-parameter memory with one cycle of latency: ``param_data`` in
     cycle ``t`` must be the word at the ``param_addr`` of cycle ``t−1`` (a synchronous read
@@ -34,12 +36,15 @@ Ports
 Throughput and latency
 ----------------------
 Requantization handles ``OW`` channels × ``C`` columns per cycle (``OW·C`` products of
-32 × 16 bits, each two registered 18 × 18 multiplies), ``R/OW`` cycles per block; the writer
-runs concurrently on the previous block: ``R/OW`` cycles (CHW, HWC conv), ``R/(2·OW)`` (HWC
-pooled), ``R/(C·OW)`` (fc) or none (the first block of a pool pair, an even ``xg`` of a pooled
-CHW row) — never more than ``R/OW``, so the pipeline never waits for the writer and has no
-stall signal at all. A block whose last step is in cycle ``t`` has its first write on ``wr``
-in cycle ``t+14`` (``t+15`` when pooled: the 2×2 maximum takes a register stage of its own).
+32 × 16 bits, each two registered 18 × 18 multiplies), ``u_n`` cycles per block: ``U = R/OW``,
+but for a layer written in CHW with fewer output channels than ``R`` (its one channel group
+fills only part of the rows) ``ceil(out_c/OW)``, at least 3 — the steps of rows with no
+channel are not taken (when ``U ≥ 4``; below that ``u_n = U``). The writer runs concurrently on
+the previous block: ``u_n`` cycles (CHW), ``R/OW`` (HWC conv), ``R/(2·OW)`` (HWC pooled),
+``R/(C·OW)`` (fc) or none (the first block of a pool pair, an even ``xg`` of a pooled CHW row)
+— never more than ``u_n``, so the pipeline never waits for the writer and has no stall signal
+at all. A block whose last step is in cycle ``t`` has its first write on ``wr`` in cycle
+``t+14`` (``t+15`` when pooled: the 2×2 maximum takes a register stage of its own).
 
 Restrictions (checked): ``cols ≥ 2`` (pooling halves a word), ``OW`` divides ``R/C`` (the ``OW``
 words written per cycle in HWC are consecutive channel groups of one pixel).
@@ -108,7 +113,7 @@ class OutputStage(wiring.Component):
     def elaborate(self, platform):
         cfg = self.config
         R, C, OW, NB = cfg.rows, cfg.cols, cfg.out_words, cfg.act_banks
-        U = R // OW            # requantization steps per block
+        U = R // OW            # requantization steps per block, at most (module docstring)
         H = C // 2
         KB = R // C            # channel groups (HWC words per pixel) per block
         lnb = _clog2(NB)
@@ -122,20 +127,40 @@ class OutputStage(wiring.Component):
 
         # ---- requantization pipeline --------------------------------------------------------
         # It never stalls: a block's steps enter stage A0 at most one per cycle, so consecutive
-        # blocks reach the hand-off at least U cycles apart, and the writer needs at most U
+        # blocks reach the hand-off at least u_n cycles apart, and the writer needs at most u_n
         # cycles for a block (module docstring), so it is always free in time.
+        # u_n, the layer's steps per block, lives in registers worked out from the descriptor:
+        # u_last = u_n − 1, u_ready = u_n − 2. (Their initial values are those of u_n = U.)
+        u_last = Signal(range(U), init=U - 1)
+        u_ready = Signal(range(U), init=max(U - 2, 0))
+        if U >= 4:
+            groups = ((desc.out_c + OW - 1) >> _clog2(OW) if OW & (OW - 1) == 0
+                      else (desc.out_c + OW - 1) // OW)
+            u_n = Mux(desc.out_hwc | (desc.out_c >= R), U, Mux(groups < 3, 3, groups))
+            m.d.sync += [u_last.eq(u_n - 1), u_ready.eq(u_n - 2)]
         step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
+        step_next = Signal(range(U))
         done = Signal()                  # res holds a complete block (geometry in done_geo)
         go = Signal()                    # stage A0 takes a step of the block on i
+        # at_last = (step == u_last), at_ready = (step == u_ready), registers loaded from
+        # step_next, so that neither step_next nor i_ready_next waits for a comparison of two
+        # registers. (u_last and u_ready change only while no block is on i, so step is 0,
+        # and at least a cycle before a layer's first block: port desc.)
+        at_last = Signal()
+        at_ready = Signal(init=U == 2)
+        m.d.sync += [step.eq(step_next), at_last.eq(step_next == u_last),
+                     at_ready.eq(step_next == u_ready)]
         # Within a block (step > 0) the block stays on i, so it is accepted exactly when its
-        # last step is taken: i.ready is a register (U ≥ 2).
-        # ready's next value is Mux(go, step == U - 2, step == U - 1); within a block go is
-        # high, so for U ≥ 3 it is step == U - 2 (no path from go to the PE array's copies).
+        # last step is taken: i.ready is a register (u_n ≥ 2).
+        # ready's next value is Mux(go, step == u_n - 2, step == u_n - 1); within a block go is
+        # high, so for u_n ≥ 3 it is at_ready, a register (no path from go to the PE array's
+        # copies of it).
         ready = Signal()
         m.d.comb += [
             go.eq(i.valid),
             i.ready.eq(ready),
-            self.i_ready_next.eq(step == U - 2 if U >= 3 else go & (step == 0)),
+            step_next.eq(Mux(go, Mux(at_last, 0, step + 1), step)),
+            self.i_ready_next.eq(at_ready if U >= 3 else go & at_ready),
         ]
         m.d.sync += ready.eq(self.i_ready_next)
 
@@ -147,11 +172,8 @@ class OutputStage(wiring.Component):
                for j in range(C)] for w in range(OW)]
         x1 = [[Signal(signed(32), name=f"x1_{w}_{j}") for j in range(C)] for w in range(OW)]
         accs = i.payload.acc
-        m.d.sync += [s0.valid.eq(go), s0.last.eq(step == U - 1), s0.step.eq(step),
+        m.d.sync += [s0.valid.eq(go), s0.last.eq(at_last), s0.step.eq(step),
                      s0.tag.eq(i.payload.tag), s1.eq(s0)]
-        step_next = Signal(range(U))
-        m.d.comb += step_next.eq(Mux(go, Mux(step == U - 1, 0, step + 1), step))
-        m.d.sync += step.eq(step_next)
         # step selects among all R·C accumulators: each column j has a copy of it, and the
         # parameter address one more (hw/fanout.py); they load step's next value, so they equal
         # step (in the first cycle after a reset they may not; no block is on i then). A1's
@@ -350,7 +372,9 @@ class OutputStage(wiring.Component):
         m.d.sync += late.eq(done & pool & ~done_geo.pair)
         # The hand-off's strobes are registers, worked out a cycle ahead, one copy per row of
         # the buffers (each row's R·C/R bytes get their own). done_geo holds through late (the
-        # next block's last step comes U ≥ 2 cycles after done).
+        # next block's last step comes u_n ≥ 2 cycles after done). A CHW block of fewer
+        # channels than R leaves the rows past them in res as they were; the writer does not
+        # read them.
         # take_pair = done & done_geo.pair: res's horizontal maxima → pbuf
         take_pair = copies(m, se.valid & se.last & d_geo.pair, R, "take_pair")
         # take_res = done & ~pool: res → wbuf, the writer starts
@@ -380,8 +404,8 @@ class OutputStage(wiring.Component):
         w_mask = Signal(C)                  # done_geo.mask of the block being written
 
         def steps_after_first(is_hwc):
-            """w_ul at a column's first step: an HWC column has KB/OW steps, a CHW one U."""
-            return Mux(is_hwc, KB // OW - 1, U - 1)
+            """w_ul at a column's first step: an HWC column has KB/OW steps, a CHW one u_n."""
+            return Mux(is_hwc, KB // OW - 1, u_last)
 
         # ---- writer ---------------------------------------------------------------------------
         with m.If(wbusy):
