@@ -129,38 +129,41 @@ class OutputStage(wiring.Component):
         # It never stalls: a block's steps enter stage A0 at most one per cycle, so consecutive
         # blocks reach the hand-off at least u_n cycles apart, and the writer needs at most u_n
         # cycles for a block (module docstring), so it is always free in time.
-        # u_n, the layer's steps per block, lives in registers worked out from the descriptor:
-        # u_last = u_n − 1, u_ready = u_n − 2. (Their initial values are those of u_n = U.)
-        u_last = Signal(range(U), init=U - 1)
-        u_ready = Signal(range(U), init=max(U - 2, 0))
-        if U >= 4:
-            groups = ((desc.out_c + OW - 1) >> _clog2(OW) if OW & (OW - 1) == 0
-                      else (desc.out_c + OW - 1) // OW)
-            u_n = Mux(desc.out_hwc | (desc.out_c >= R), U, Mux(groups < 3, 3, groups))
-            m.d.sync += [u_last.eq(u_n - 1), u_ready.eq(u_n - 2)]
         step = Signal(range(U), attrs=KEEP)      # not merged into its copies (step_at)
         step_next = Signal(range(U))
         done = Signal()                  # res holds a complete block (geometry in done_geo)
         go = Signal()                    # stage A0 takes a step of the block on i
-        # at_last = (step == u_last), at_ready = (step == u_ready), registers loaded from
-        # step_next, so that neither step_next nor i_ready_next waits for a comparison of two
-        # registers. (u_last and u_ready change only while no block is on i, so step is 0,
-        # and at least a cycle before a layer's first block: port desc.)
-        at_last = Signal()
-        at_ready = Signal(init=U == 2)
-        m.d.sync += [step.eq(step_next), at_last.eq(step_next == u_last),
-                     at_ready.eq(step_next == u_ready)]
+        m.d.sync += step.eq(step_next)
+        # at_last: step is a block's last (u_n − 1); at_ready: i.ready's next value.
         # Within a block (step > 0) the block stays on i, so it is accepted exactly when its
-        # last step is taken: i.ready is a register (u_n ≥ 2).
-        # ready's next value is Mux(go, step == u_n - 2, step == u_n - 1); within a block go is
-        # high, so for u_n ≥ 3 it is at_ready, a register (no path from go to the PE array's
-        # copies of it).
+        # last step is taken: i.ready is a register (u_n ≥ 2). Its next value is
+        # Mux(go, step == u_n - 2, step == u_n - 1); within a block go is high, so for u_n ≥ 3
+        # it is step == u_n - 2 (no path from go to the PE array's copies of it).
+        if U >= 4:
+            # u_n, the layer's steps per block, lives in registers worked out from the
+            # descriptor, u_last = u_n − 1 and u_ready = u_n − 2 (initially those of u_n = U),
+            # and the comparisons with them are registers too, loaded from step_next, so that
+            # neither step_next nor i_ready_next waits for a comparison of two registers.
+            # (u_last and u_ready change only while no block is on i, so step is 0, and at
+            # least a cycle before a layer's first block: port desc.)
+            groups = ((desc.out_c + OW - 1) >> _clog2(OW) if OW & (OW - 1) == 0
+                      else (desc.out_c + OW - 1) // OW)
+            u_n = Mux(desc.out_hwc | (desc.out_c >= R), U, Mux(groups < 3, 3, groups))
+            u_last = Signal(range(U), init=U - 1)
+            u_ready = Signal(range(U), init=U - 2)
+            at_last, at_ready = Signal(), Signal()
+            m.d.sync += [u_last.eq(u_n - 1), u_ready.eq(u_n - 2),
+                         at_last.eq(step_next == u_last), at_ready.eq(step_next == u_ready)]
+        else:                            # u_n = U
+            u_last = U - 1
+            at_last = step == U - 1
+            at_ready = step == U - 2 if U >= 3 else go & (step == 0)
         ready = Signal()
         m.d.comb += [
             go.eq(i.valid),
             i.ready.eq(ready),
             step_next.eq(Mux(go, Mux(at_last, 0, step + 1), step)),
-            self.i_ready_next.eq(at_ready if U >= 3 else go & at_ready),
+            self.i_ready_next.eq(at_ready),
         ]
         m.d.sync += ready.eq(self.i_ready_next)
 
