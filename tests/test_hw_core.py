@@ -11,12 +11,13 @@ from tb.common import config_env
 SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_channels=16,
                max_width=16, act_words=512, weight_words=4096, mask_words=512, param_words=32,
                max_layers=8)
-#: Four requantization steps per block: CHW layers of at most 6 channels take only 3.
-ROWS8 = SMALL.replace(rows=8, max_channels=32, act_words=2048)
+#: Sixteen requantization steps per block (one word a step); CHW layers of fewer channels
+#: take as many as they have, at least 3.
+ROWS16 = SMALL.replace(rows=16, out_words=1, max_channels=64, act_words=2048)
 TOP = "core"
 
 
-@pytest.fixture(scope="module", params=[SMALL, ROWS8], ids=["small", "rows8"])
+@pytest.fixture(scope="module", params=[SMALL, ROWS16], ids=["small", "rows16"])
 def sim(request):
     cfg = request.param
     return cfg, runner.build_component(Core(cfg), TOP, cfg, internals=False)
