@@ -17,6 +17,7 @@ from sw import layout
 from sw.layout import COUNTER_BITS, COUNTERS, HW_VERSION, Region
 
 from .arith import lut_mul
+from .compact_loader import CompactLoader
 from .fanout import KEEP, copies
 from .loader import Loader
 from .output import OutputStage
@@ -53,6 +54,12 @@ def bus_layouts(config):
                              "data": data_bits})
     rsp = data.StructLayout({"data": data_bits, "error": 1})
     return cmd, rsp
+
+
+def flag_ports(config):
+    """Read ports of each flag bank the loader uses: one per kernel row (hw/loader.py), or one
+    (hw/compact_loader.py reads one kernel row per cycle)."""
+    return 1 if config.loader == "compact" else config.max_kernel
 
 
 class _Counter(Elaboratable):
@@ -108,11 +115,12 @@ class Core(wiring.Component):
     def elaborate(self, platform):
         cfg = self.config
         C, NB = cfg.cols, cfg.act_banks
-        K = cfg.max_kernel
+        K = flag_ports(cfg)
         regions = layout.region_map(cfg)
         m = Module()
 
-        m.submodules.loader = loader = Loader(cfg, credits=PEArray.credits(cfg))
+        loader_cls = CompactLoader if cfg.loader == "compact" else Loader
+        m.submodules.loader = loader = loader_cls(cfg, credits=PEArray.credits(cfg))
         m.submodules.pe_array = pe = PEArray(cfg)
         m.submodules.output = out = OutputStage(cfg)
         wiring.connect(m, loader.o, pe.i)
@@ -572,7 +580,7 @@ class Core(wiring.Component):
         """While a run is in progress (each port: its copy of busy) the loader reads the input
         buffer, the output stage writes the other one, and their counter increments feed the
         layer's counters."""
-        NB, C, K = cfg.act_banks, cfg.cols, cfg.max_kernel
+        NB, C, K = cfg.act_banks, cfg.cols, flag_ports(cfg)
         shift = (NB - 1).bit_length()
         # Each bank has a copy of in_buf (a cycle late: it changes when a layer is decoded,
         # cycles before its first read).

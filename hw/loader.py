@@ -102,7 +102,7 @@ from .arith import lut_mul
 from .fanout import copies
 from .tags import descriptor_layout, slot_layout
 
-__all__ = ["Loader", "FIFO_DEPTH"]
+__all__ = ["Loader", "FIFO_DEPTH", "address_bits", "loader_members"]
 
 #: Groups buffered between scan and issue.
 FIFO_DEPTH = 8
@@ -140,48 +140,59 @@ def _low(v, n):
     return v[:n] if n else Const(0, 1)
 
 
+def address_bits(config):
+    """Widths of a loader's (activation bank, weight bank, weight-skip mask) read addresses."""
+    return (_bits(config.act_words // config.act_banks - 1),
+            _bits(config.weight_words // config.cols - 1), _bits(config.mask_words - 1))
+
+
+def loader_members(config):
+    """The members of a loader's signature (the module docstring): this one's and
+    :class:`hw.compact_loader.CompactLoader`'s."""
+    cfg = config
+    R, C, NB, K = cfg.rows, cfg.cols, cfg.act_banks, cfg.max_kernel
+    G = cfg.group_bits
+    act_bits, wgt_bits, mask_bits = address_bits(cfg)
+    return {
+        "desc": In(descriptor_layout(cfg)),
+        "skip": In(1),
+        "start": In(1),
+        "busy": Out(1),
+        "done": Out(1),
+        "o": Out(stream.Signature(slot_layout(cfg), always_ready=True)),
+        "block_done": In(1),
+        # activation data banks
+        "act_addr": Out(act_bits).array(NB),
+        "act_en": Out(1).array(NB),
+        "act_data": In(data.ArrayLayout(signed(8), C)).array(NB),
+        # flag banks: Kmax read ports per bank
+        "flag_addr": Out(act_bits).array(NB, K),
+        "flag_en": Out(1),
+        "flag_data": In(1).array(NB, K),
+        # weight banks
+        "wgt_addr": Out(wgt_bits).array(C),
+        "wgt_en": Out(1).array(C),
+        "wgt_data": In(data.ArrayLayout(signed(8), R)).array(C),
+        # weight-skip masks
+        "mask_addr": Out(mask_bits),
+        "mask_en": Out(1),
+        "mask_data": In(G),
+        # counter increments
+        "issue_slots": Out(_bits(G)),
+        "issue_slots_skipped": Out(_bits(G)),
+        "act_bytes_read": Out(_bits(NB * C)),
+        "weight_bytes_read": Out(_bits(G * R * C)),
+    }
+
+
 class Loader(wiring.Component):
     """Block and slot sequencer of one layer; see the module docstring for the interfaces."""
 
     def __init__(self, config, *, credits):
         self.config = config
         self.credits = credits
-        cfg = config
-        R, C, NB, K = cfg.rows, cfg.cols, cfg.act_banks, cfg.max_kernel
-        G = cfg.group_bits
-        self._act_addr_bits = _bits(cfg.act_words // NB - 1)
-        self._wgt_addr_bits = _bits(cfg.weight_words // C - 1)
-        self._mask_addr_bits = _bits(cfg.mask_words - 1)
-        super().__init__({
-            "desc": In(descriptor_layout(cfg)),
-            "skip": In(1),
-            "start": In(1),
-            "busy": Out(1),
-            "done": Out(1),
-            "o": Out(stream.Signature(slot_layout(cfg), always_ready=True)),
-            "block_done": In(1),
-            # activation data banks
-            "act_addr": Out(self._act_addr_bits).array(NB),
-            "act_en": Out(1).array(NB),
-            "act_data": In(data.ArrayLayout(signed(8), C)).array(NB),
-            # flag banks: Kmax read ports per bank
-            "flag_addr": Out(self._act_addr_bits).array(NB, K),
-            "flag_en": Out(1),
-            "flag_data": In(1).array(NB, K),
-            # weight banks
-            "wgt_addr": Out(self._wgt_addr_bits).array(C),
-            "wgt_en": Out(1).array(C),
-            "wgt_data": In(data.ArrayLayout(signed(8), R)).array(C),
-            # weight-skip masks
-            "mask_addr": Out(self._mask_addr_bits),
-            "mask_en": Out(1),
-            "mask_data": In(G),
-            # counter increments
-            "issue_slots": Out(_bits(G)),
-            "issue_slots_skipped": Out(_bits(G)),
-            "act_bytes_read": Out(_bits(NB * C)),
-            "weight_bytes_read": Out(_bits(G * R * C)),
-        })
+        self._act_addr_bits, self._wgt_addr_bits, self._mask_addr_bits = address_bits(config)
+        super().__init__(loader_members(config))
 
     def elaborate(self, platform):
         cfg = self.config

@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration that cannot be built or does not fit a program."""
 
 
+#: Loader micro-architectures (``Config.loader``).
+LOADERS = ("pipelined", "compact")
+
+
 def _is_pow2(x):
     return x > 0 and (x & (x - 1)) == 0
 
@@ -61,6 +65,12 @@ class Config:
     out_words : int
         Output-stage throughput: output words (``cols`` values of one channel) requantized per
         cycle.
+    loader : str
+        The loader's micro-architecture: ``"pipelined"`` (``hw/loader.py``: a whole group of
+        slots scanned per cycle, fully skipped groups hidden behind issue; built for 100 MHz on
+        ECP5) or ``"compact"`` (``hw/compact_loader.py``: one kernel row per cycle, a fraction of
+        the logic, for small FPGAs). Both issue the same slots and count the same; only the
+        cycles differ.
     """
 
     rows: int = 16
@@ -77,6 +87,7 @@ class Config:
     max_kernel: int = 3
     max_stride: int = 2
     out_words: int = 2
+    loader: str = "pipelined"
 
     # Numerics widths; fixed by the numerics contract (sw/numerics.py), kept here so the hardware
     # derives its port widths from the same object.
@@ -93,6 +104,9 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"Config.{name} must be a positive integer, not {value!r}")
+        if self.loader not in LOADERS:
+            raise ConfigError(f"Config.loader must be one of {', '.join(map(repr, LOADERS))}, "
+                              f"not {self.loader!r}")
         tile = tuple(self.tile)
         if len(tile) != 3 or not all(isinstance(t, int) and t > 0 for t in tile):
             raise ConfigError(f"Config.tile must be three positive integers "
@@ -166,5 +180,5 @@ CONFIGS = {
     "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
-                   weight_words=8192, out_words=1, max_width=32),
+                   weight_words=8192, out_words=1, max_width=32, loader="compact"),
 }

@@ -200,13 +200,16 @@ async def check_program(bus, program, x, skip):
             issued = sw_["issue_slots"] - sw_["issue_slots_skipped"]
             issued_total += issued
             # The stated bound (docs/ARCHITECTURE.md, "Counters"): per block, its issued slots
-            # plus one scan cycle per group plus its output time, plus the pipeline's latency
-            # and the last block's writes.
+            # plus one scan cycle per group (the compact loader: per kernel row) plus its output
+            # time, plus the pipeline's latency and the last block's writes.
             plan = layout.plan(program)[i]
             d = plan.desc
             blocks = d["cogs"] * d["rows"] * d["xgs"]
             U = cfg.rows // cfg.out_words
-            bound = issued + blocks * (plan.groups + U + 1) + U + 36
+            rows_per_group = (d["kernel"] if cfg.loader == "compact"
+                              and d["kind"] == layout.KIND_CONV else 1)
+            scans = plan.groups * rows_per_group
+            bound = issued + blocks * (scans + U + 1) + U + 36
             assert 0 < hw["busy_cycles"] <= bound, (n, i, hw["busy_cycles"], bound)
         assert cycles >= sum(c["busy_cycles"] for c in counts)
     return all_counts

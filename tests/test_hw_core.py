@@ -17,7 +17,11 @@ ROWS16 = SMALL.replace(rows=16, out_words=1, max_channels=64, act_words=2048)
 TOP = "core"
 
 
-@pytest.fixture(scope="module", params=[SMALL, ROWS16], ids=["small", "rows16"])
+#: The compact loader (hw/compact_loader.py) in the core.
+COMPACT = SMALL.replace(loader="compact")
+
+
+@pytest.fixture(scope="module", params=[SMALL, ROWS16, COMPACT], ids=["small", "rows16", "compact"])
 def sim(request):
     cfg = request.param
     return cfg, runner.build_component(Core(cfg), TOP, cfg, internals=False)

@@ -1,4 +1,5 @@
-"""hw/loader.py on Verilator: the cocotb bench tb/test_loader.py, one build per configuration."""
+"""hw/loader.py and hw/compact_loader.py on Verilator: the cocotb bench tb/test_loader.py, one
+build per configuration."""
 
 import json
 
@@ -17,14 +18,22 @@ COCOTB_TESTS = ("test_all_layers_dense_and_sparse", "test_pruned_weights", "test
                 "test_throughput")
 
 
-@pytest.fixture(scope="module", params=[SMALL, WIDE], ids=["small", "wide"])
+#: hw/compact_loader.py, on the same shapes.
+COMPACT = SMALL.replace(loader="compact")
+WIDE_COMPACT = WIDE.replace(loader="compact")
+
+
+@pytest.fixture(scope="module", params=[SMALL, WIDE, COMPACT, WIDE_COMPACT],
+                ids=["small", "wide", "compact", "wide-compact"])
 def sim(request):
+    from hw.compact_loader import CompactLoader
     from hw.loader import Loader
     from hw.pe_array import PEArray
     from tb import runner
 
     cfg = request.param
-    sim = runner.build_component(Loader(cfg, credits=PEArray.credits(cfg)), "loader", cfg,
+    cls = CompactLoader if cfg.loader == "compact" else Loader
+    sim = runner.build_component(cls(cfg, credits=PEArray.credits(cfg)), "loader", cfg,
                                  internals=False)
     env = {"TILESKIP_CONFIG": json.dumps(cfg.to_dict()),
            "TILESKIP_LOADER_PERF": str(sim.build_dir / "perf.jsonl")}
@@ -49,3 +58,14 @@ def test_pack_program_places_conv_weights():
     prog = make_program(SMALL, LAYERS[:10], np.random.default_rng(0), prune=0.0)
     image = layout.pack_program(prog)
     assert np.array_equal(weight_memory(image, SMALL), image.weights)
+
+
+def test_compact_loader_refuses_too_few_banks():
+    """A kernel row of 2 columns at stride 2 and kernel 3 spans 5 pixels, 3 words: 2 banks
+    hold a slot's window (the configuration is valid) but not the row's."""
+    from hw.compact_loader import CompactLoader
+    from sw.config import ConfigError
+
+    cfg = SMALL.replace(act_banks=2, out_words=1, loader="compact")
+    with pytest.raises(ConfigError, match="CompactLoader needs act_banks ≥ 3 .* not 2"):
+        CompactLoader(cfg, credits=2)

@@ -9,6 +9,7 @@ import torch
 from sw import Accelerator, Config, ConfigError, compile_model
 from sw import numerics as nx
 from sw.cli import CALIBRATION_IMAGES, main
+from sw.config import CONFIGS
 from sw.models import load_model
 from sw.runtime import RuntimeError_
 
@@ -96,9 +97,14 @@ def test_config_validation():
         Config(rows=0)
     with pytest.raises(ConfigError, match="power of two"):
         Config(cols=3, tile=(1, 1, 3))
+    with pytest.raises(ConfigError, match="Config.loader must be one of 'pipelined', "
+                                          "'compact', not 'fast'"):
+        Config(loader="fast")
     with pytest.raises(ConfigError, match="unknown configuration keys: bogus"):
         Config.from_dict({"bogus": 1})
     assert Config.from_dict(Config().to_dict()) == Config()
+    up5k = CONFIGS["up5k"]
+    assert Config.from_dict(up5k.to_dict()) == up5k and up5k.loader == "compact"
 
 
 def test_cli_json_report(tmp_path, capsys):
