@@ -35,13 +35,13 @@ one scan cycle, hidden when the row before it has at least two slots to issue. S
 skipped 3×3 group costs at most 3 cycles instead of 9.
 
 The row's ``NB`` words must cover the columns of all its slots:
-``ceil(((C − 1)·max_stride + max_kernel − 1) / C) + 1 ≤ NB`` (checked).
+``ceil(((C − 1)·max_stride + max_kernel − 1) / C) + 1 ≤ NB`` (:class:`sw.config.Config` checks
+it when ``loader = "compact"``).
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 
-from sw.config import ConfigError
 from sw.layout import KIND_FC
 
 from .arith import lut_mul
@@ -64,17 +64,10 @@ class CompactLoader(wiring.Component):
     """Block and slot sequencer of one layer, row by row; the ports of :class:`hw.loader.Loader`."""
 
     def __init__(self, config, *, credits):
-        cfg = config
-        C, NB, K = cfg.cols, cfg.act_banks, cfg.max_kernel
-        span = (C - 1) * cfg.max_stride + K          # pixels of a kernel row's windows
-        if -(-(span - 1) // C) + 1 > NB:
-            raise ConfigError(f"CompactLoader needs act_banks ≥ {-(-(span - 1) // C) + 1} for a "
-                              f"kernel row of {C} columns at stride {cfg.max_stride} and kernel "
-                              f"{K}, not {NB}")
         self.config = config
         self.credits = credits
-        self._act_addr_bits, _, self._mask_addr_bits = address_bits(cfg)
-        super().__init__(loader_members(cfg))
+        self._act_addr_bits, _, self._mask_addr_bits = address_bits(config)
+        super().__init__(loader_members(config))
 
     def elaborate(self, platform):
         cfg = self.config

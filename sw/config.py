@@ -130,6 +130,13 @@ class Config:
         if -(-(span - 1) // self.cols) + 1 > self.act_banks:
             raise ConfigError(f"Config.act_banks ({self.act_banks}) is too few for a window of "
                               f"{self.cols} pixels at stride {self.max_stride}")
+        # The compact loader reads a whole kernel row's windows at once.
+        row = span + self.max_kernel - 1
+        if self.loader == "compact" and -(-(row - 1) // self.cols) + 1 > self.act_banks:
+            raise ConfigError(f"Config.act_banks ({self.act_banks}) is too few for the compact "
+                              f"loader: a kernel row of {self.cols} windows at stride "
+                              f"{self.max_stride} and kernel {self.max_kernel} spans "
+                              f"{-(-(row - 1) // self.cols) + 1} words")
 
     # -- derived ------------------------------------------------------------------------------
 

@@ -59,13 +59,3 @@ def test_pack_program_places_conv_weights():
     image = layout.pack_program(prog)
     assert np.array_equal(weight_memory(image, SMALL), image.weights)
 
-
-def test_compact_loader_refuses_too_few_banks():
-    """A kernel row of 2 columns at stride 2 and kernel 3 spans 5 pixels, 3 words: 2 banks
-    hold a slot's window (the configuration is valid) but not the row's."""
-    from hw.compact_loader import CompactLoader
-    from sw.config import ConfigError
-
-    cfg = SMALL.replace(act_banks=2, out_words=1, loader="compact")
-    with pytest.raises(ConfigError, match="CompactLoader needs act_banks ≥ 3 .* not 2"):
-        CompactLoader(cfg, credits=2)

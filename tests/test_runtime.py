@@ -100,6 +100,13 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="Config.loader must be one of 'pipelined', "
                                           "'compact', not 'fast'"):
         Config(loader="fast")
+    # A kernel row of 2 windows at stride 2 and kernel 3 spans 5 pixels, 3 words: 2 banks hold
+    # one window (the pipelined loader's need) but not the row.
+    small = dict(cols=2, tile=(1, 1, 2), act_banks=2, out_words=1)
+    assert Config(**small).loader == "pipelined"
+    with pytest.raises(ConfigError, match=r"Config.act_banks \(2\) is too few for the compact "
+                                          r"loader: .* spans 3 words"):
+        Config(**small, loader="compact")
     with pytest.raises(ConfigError, match="unknown configuration keys: bogus"):
         Config.from_dict({"bogus": 1})
     assert Config.from_dict(Config().to_dict()) == Config()
