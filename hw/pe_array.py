@@ -51,9 +51,11 @@ class PEArray(wiring.Component):
     @classmethod
     def credits(cls, config):
         """Finished blocks the array holds: blocks a source may have sent (their last slot)
-        and not yet seen taken from ``o``. Enough that blocks of ``R/OW`` cycles (the output
-        stage's pace) flow without a gap through the credit loop of ``R/OW + CREDIT_LOOP``
-        cycles: 2 for ``ecp5``, 3 for ``default``."""
+        and not yet seen taken from ``o``. ``Config.shadows``, or if that is 0 enough that
+        blocks of ``R/OW`` cycles (the output stage's pace) flow without a gap through the
+        credit loop of ``R/OW + CREDIT_LOOP`` cycles: 2 for ``ecp5``, 3 for ``default``."""
+        if config.shadows:
+            return config.shadows
         steps = config.rows // config.out_words
         return 1 + -(-cls.CREDIT_LOOP // steps)
 
@@ -116,8 +118,8 @@ class PEArray(wiring.Component):
         queued_next = tail + store
         head_next = (tail != 0) | store
         m.d.sync += [queued.eq(queued_next), head_valid.eq(head_next)]
-        m.d.sync += shadow[0].tag.eq(Mux(store & (tail == 0), store_tag,
-                                         Mux(take, shadow[1].tag, shadow[0].tag)))
+        after_take = Mux(take, shadow[1].tag, shadow[0].tag) if Q > 1 else shadow[0].tag
+        m.d.sync += shadow[0].tag.eq(Mux(store & (tail == 0), store_tag, after_take))
         for q in range(1, Q):
             with m.If(store & (tail == q)):
                 m.d.sync += shadow[q].tag.eq(store_tag)

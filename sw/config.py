@@ -65,6 +65,12 @@ class Config:
     out_words : int
         Output-stage throughput: output words (``cols`` values of one channel) requantized per
         cycle.
+    shadows : int
+        Finished blocks the PE array holds behind its accumulators (its queue,
+        ``hw.pe_array.PEArray.credits``); 0: as many as keep blocks of ``rows/out_words``
+        cycles flowing at full rate (2 for ``ecp5``, 3 for ``default``). Fewer save
+        ``rows·cols·32`` flip-flops each, and a block of few slots then waits for the one
+        before it to be taken by the output stage.
     loader : str
         The loader's micro-architecture: ``"pipelined"`` (``hw/loader.py``: a whole group of
         slots scanned per cycle, fully skipped groups hidden behind issue; built for 100 MHz on
@@ -87,6 +93,7 @@ class Config:
     max_kernel: int = 3
     max_stride: int = 2
     out_words: int = 2
+    shadows: int = 0
     loader: str = "pipelined"
 
     # Numerics widths; fixed by the numerics contract (sw/numerics.py), kept here so the hardware
@@ -104,6 +111,9 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"Config.{name} must be a positive integer, not {value!r}")
+        if not isinstance(self.shadows, int) or isinstance(self.shadows, bool) or self.shadows < 0:
+            raise ConfigError(f"Config.shadows must be a non-negative integer, not "
+                              f"{self.shadows!r}")
         if self.loader not in LOADERS:
             raise ConfigError(f"Config.loader must be one of {', '.join(map(repr, LOADERS))}, "
                               f"not {self.loader!r}")
@@ -187,5 +197,6 @@ CONFIGS = {
     "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
-                   weight_words=8192, out_words=1, max_width=32, loader="compact"),
+                   weight_words=8192, out_words=1, max_width=32, shadows=1,
+                   loader="compact"),
 }

@@ -17,6 +17,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from torch import nn
 
 from hw.core import bus_layouts
+from hw.pe_array import PEArray
 from sw import compile_model, layout
 from sw.golden import forward
 from sw.layout import COUNTERS, Region
@@ -201,7 +202,8 @@ async def check_program(bus, program, x, skip):
             issued_total += issued
             # The stated bound (docs/ARCHITECTURE.md, "Counters"): per block, its issued slots
             # plus one scan cycle per group (the compact loader: per kernel row) plus its output
-            # time, plus the pipeline's latency and the last block's writes.
+            # time (with Config.shadows set, also the credit loop's), plus the pipeline's
+            # latency and the last block's writes.
             plan = layout.plan(program)[i]
             d = plan.desc
             blocks = d["cogs"] * d["rows"] * d["xgs"]
@@ -209,7 +211,8 @@ async def check_program(bus, program, x, skip):
             rows_per_group = (d["kernel"] if cfg.loader == "compact"
                               and d["kind"] == layout.KIND_CONV else 1)
             scans = plan.groups * rows_per_group
-            bound = issued + blocks * (scans + U + 1) + U + 36
+            loop = PEArray.CREDIT_LOOP if cfg.shadows else 0
+            bound = issued + blocks * (scans + U + 1 + loop) + U + 36
             assert 0 < hw["busy_cycles"] <= bound, (n, i, hw["busy_cycles"], bound)
         assert cycles >= sum(c["busy_cycles"] for c in counts)
     return all_counts

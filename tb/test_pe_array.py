@@ -117,15 +117,18 @@ async def _run(dut, cfg, blocks, p_valid, p_ready, *, check_full_rate=False):
 
 @cocotb.test()
 async def full_rate(dut):
-    """No gaps, no back-pressure: one slot per cycle, never held for credit (with blocks of
-    three slots or more; shorter blocks back to back wait for credit, see single_slot_blocks)."""
+    """No gaps, no back-pressure: one slot per cycle, never held for credit, with blocks long
+    enough that the credits cover the 6 cycles from a block's last slot to the source seeing it
+    taken: at least ceil(6 / credits) slots, and 3 (shorter blocks back to back wait for
+    credit, see single_slot_blocks)."""
     cfg, seed = config_from_env()
     Clock(dut.clk, 10, unit="ns").start()
     rng = random.Random(seed)
+    shortest = max(3, -(-6 // PEArray.credits(cfg)))
     blocks = []
     while len(blocks) < 40:
         b = _blocks(cfg, rng, 1)[0]
-        if len(b[0]) >= 3:
+        if len(b[0]) >= shortest:
             blocks.append(b)
     await _run(dut, cfg, blocks, 1.0, 1.0, check_full_rate=True)
 

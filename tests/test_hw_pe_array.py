@@ -12,7 +12,12 @@ SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_cha
 TOP = "pe_array"
 
 
-@pytest.fixture(scope="module", params=[SMALL, Config()], ids=["small", "default"])
+#: One shadow: the queue of the up5k build (Config.shadows).
+SHADOW1 = SMALL.replace(shadows=1)
+
+
+@pytest.fixture(scope="module", params=[SMALL, Config(), SHADOW1],
+                ids=["small", "default", "shadow1"])
 def sim(request):
     cfg = request.param
     return cfg, runner.build_component(PEArray(cfg), TOP, cfg)
