@@ -18,6 +18,7 @@ from sw.layout import COUNTER_BITS, COUNTERS, HW_VERSION, Region
 
 from .arith import lut_mul
 from .compact_loader import CompactLoader
+from .compact_output import CompactOutput
 from .fanout import KEEP, copies
 from .loader import Loader
 from .output import OutputStage
@@ -122,7 +123,8 @@ class Core(wiring.Component):
         loader_cls = CompactLoader if cfg.loader == "compact" else Loader
         m.submodules.loader = loader = loader_cls(cfg, credits=PEArray.credits(cfg))
         m.submodules.pe_array = pe = PEArray(cfg)
-        m.submodules.output = out = OutputStage(cfg)
+        m.submodules.output = out = (CompactOutput if cfg.output == "compact"
+                                     else OutputStage)(cfg)
         wiring.connect(m, loader.o, pe.i)
         wiring.connect(m, pe.o, out.i)
         m.d.comb += pe.o_ready_next.eq(out.i_ready_next)

@@ -61,7 +61,7 @@ from .arith import lut_mul, registered_product, within
 from .fanout import KEEP, copies
 from .tags import block_layout, block_tag, descriptor_layout, index_width, param_layout
 
-__all__ = ["OutputStage", "write_lane_signature"]
+__all__ = ["OutputStage", "output_members", "write_lane_signature"]
 
 
 def _clog2(n):
@@ -87,6 +87,24 @@ def _smax3(a, b, c):
     return Mux((a >= b) & (a >= c), a, Mux(b >= c, b, c))
 
 
+def output_members(config):
+    """The members of an output stage's signature (the module docstring): this one's and
+    :class:`hw.compact_output.CompactOutput`'s."""
+    paddr = _clog2(config.param_words * param_steps(config))   # parameter memory rows
+    return {
+        "i": In(stream.Signature(block_layout(config))),
+        "i_ready_next": Out(1),
+        "desc": In(descriptor_layout(config)),
+        "epsilon": In(8),
+        "param_addr": Out(paddr),
+        "param_addr_next": Out(paddr),
+        "param_data": In(param_layout(config)),
+        "wr": Out(write_lane_signature(config)).array(config.out_words),
+        "flagged": Out(range(config.out_words + 1)),
+        "idle": Out(1),
+    }
+
+
 class OutputStage(wiring.Component):
     def __init__(self, config):
         R, C, OW = config.rows, config.cols, config.out_words
@@ -96,19 +114,7 @@ class OutputStage(wiring.Component):
             raise ConfigError(f"OutputStage needs out_words ({OW}) to divide rows/cols "
                               f"({R}/{C})")
         self.config = config
-        paddr = _clog2(config.param_words * param_steps(config))   # parameter memory rows
-        super().__init__({
-            "i": In(stream.Signature(block_layout(config))),
-            "i_ready_next": Out(1),
-            "desc": In(descriptor_layout(config)),
-            "epsilon": In(8),
-            "param_addr": Out(paddr),
-            "param_addr_next": Out(paddr),
-            "param_data": In(param_layout(config)),
-            "wr": Out(write_lane_signature(config)).array(OW),
-            "flagged": Out(range(OW + 1)),
-            "idle": Out(1),
-        })
+        super().__init__(output_members(config))
 
     def elaborate(self, platform):
         cfg = self.config

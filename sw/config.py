@@ -20,7 +20,7 @@ class ConfigError(ValueError):
     """A configuration that cannot be built or does not fit a program."""
 
 
-#: Loader micro-architectures (``Config.loader``).
+#: Micro-architectures of the loader and the output stage (``Config.loader``, ``Config.output``).
 LOADERS = ("pipelined", "compact")
 
 
@@ -71,6 +71,10 @@ class Config:
         cycles flowing at full rate (2 for ``ecp5``, 3 for ``default``). Fewer save
         ``rows·cols·32`` flip-flops each, and a block of few slots then waits for the one
         before it to be taken by the output stage.
+    output : str
+        The output stage's micro-architecture: ``"pipelined"`` (``hw/output.py``: ``out_words``
+        words a cycle, its products in DSP blocks) or ``"compact"`` (``hw/compact_output.py``:
+        one value at a time, products in logic, for small FPGAs). The same results and writes.
     loader : str
         The loader's micro-architecture: ``"pipelined"`` (``hw/loader.py``: a whole group of
         slots scanned per cycle, fully skipped groups hidden behind issue; built for 100 MHz on
@@ -94,6 +98,7 @@ class Config:
     max_stride: int = 2
     out_words: int = 2
     shadows: int = 0
+    output: str = "pipelined"
     loader: str = "pipelined"
 
     # Numerics widths; fixed by the numerics contract (sw/numerics.py), kept here so the hardware
@@ -114,9 +119,10 @@ class Config:
         if not isinstance(self.shadows, int) or isinstance(self.shadows, bool) or self.shadows < 0:
             raise ConfigError(f"Config.shadows must be a non-negative integer, not "
                               f"{self.shadows!r}")
-        if self.loader not in LOADERS:
-            raise ConfigError(f"Config.loader must be one of {', '.join(map(repr, LOADERS))}, "
-                              f"not {self.loader!r}")
+        for name in ("output", "loader"):
+            if getattr(self, name) not in LOADERS:
+                raise ConfigError(f"Config.{name} must be one of "
+                                  f"{', '.join(map(repr, LOADERS))}, not {getattr(self, name)!r}")
         tile = tuple(self.tile)
         if len(tile) != 3 or not all(isinstance(t, int) and t > 0 for t in tile):
             raise ConfigError(f"Config.tile must be three positive integers "
@@ -198,5 +204,5 @@ CONFIGS = {
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
                    weight_words=8192, out_words=1, max_width=32, shadows=1,
-                   loader="compact"),
+                   output="compact", loader="compact"),
 }

@@ -16,6 +16,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 from torch import nn
 
+from hw.compact_output import CompactOutput
 from hw.core import bus_layouts
 from hw.pe_array import PEArray
 from sw import compile_model, layout
@@ -202,8 +203,9 @@ async def check_program(bus, program, x, skip):
             issued_total += issued
             # The stated bound (docs/ARCHITECTURE.md, "Counters"): per block, its issued slots
             # plus one scan cycle per group (the compact loader: per kernel row) plus its output
-            # time (with Config.shadows set, also the credit loop's), plus the pipeline's
-            # latency and the last block's writes.
+            # time (R/OW steps; the compact output stage: CompactOutput.block_cycles; with
+            # Config.shadows set, also the credit loop's), plus the pipeline's latency and the
+            # last block's writes.
             plan = layout.plan(program)[i]
             d = plan.desc
             blocks = d["cogs"] * d["rows"] * d["xgs"]
@@ -212,7 +214,8 @@ async def check_program(bus, program, x, skip):
                               and d["kind"] == layout.KIND_CONV else 1)
             scans = plan.groups * rows_per_group
             loop = PEArray.CREDIT_LOOP if cfg.shadows else 0
-            bound = issued + blocks * (scans + U + 1 + loop) + U + 36
+            out = CompactOutput.block_cycles(cfg) if cfg.output == "compact" else U
+            bound = issued + blocks * (scans + out + 1 + loop) + out + 36
             assert 0 < hw["busy_cycles"] <= bound, (n, i, hw["busy_cycles"], bound)
         assert cycles >= sum(c["busy_cycles"] for c in counts)
     return all_counts

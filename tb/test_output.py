@@ -16,6 +16,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
+from hw.compact_output import CompactOutput
 from hw.tags import block_layout, descriptor_layout
 from sw import layout
 from sw import numerics as nx
@@ -54,7 +55,10 @@ def programs(cfg):
     # rows); the last layer writes HWC (the network's output)
     e = [_conv(3, 6, 2 * C + 2, 2, relu=True, pool=True), _conv(2, 3, C + 1, 3),
          _conv(3, 3, C + 1, R // 2 + 1), _conv(R // 2 + 1, 3, C + 1, 2)]
-    return [a, b, c, d, e]
+    # a pooled CHW layer whose last block (an even xg) holds no pixel of the output: conv
+    # width 4C+1, pooled 2C, xgs 2·2+1
+    f = [_conv(2, 4, 4 * C + 1, R + 1, relu=True, pool=True), _conv(R + 1, 2, 2 * C, 3)]
+    return [a, b, c, d, e, f]
 
 
 def make_program(cfg, specs, rng, epsilon):
@@ -163,7 +167,9 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
     holding = False
     idle_since = None        # cycle in which idle was seen with nothing presented
     announced = 0            # i_ready_next of the previous cycle (the stage starts idle)
-    timeout = 100 + len(blocks) * (R // cfg.out_words + 2) * 3 / p_valid
+    per_block = (CompactOutput.block_cycles(cfg) if cfg.output == "compact"
+                 else (R // cfg.out_words + 2) * 3)
+    timeout = 100 + len(blocks) * per_block / p_valid
     while True:
         await RisingEdge(dut.clk)
         cycles += 1
@@ -247,7 +253,13 @@ async def run_all(dut, p_valid, seed_offset, *, check_rate=False):
             dut._log.info(f"{name}: {len(blocks)} blocks, {len(expected)} words "
                           f"({nf} flagged, {nz} non-zero), blocks accepted in "
                           f"{acc_at[-1] - acc_at[0] + 1} cycles")
-            if check_rate:
+            if check_rate and cfg.output == "compact":
+                # hw/compact_output.py: one value at a time, CompactOutput.block_cycles a block
+                span = acc_at[-1] - acc_at[0]
+                budget = (len(blocks) - 1) * CompactOutput.block_cycles(cfg)
+                assert span <= budget, f"{name}: {span} cycles for {len(blocks)} blocks " \
+                                       f"(budget {budget})"
+            elif check_rate:
                 # One block per u_n cycles: each step reads its parameters as it is taken. A
                 # CHW layer of fewer channels than R takes only its channels' steps, at least 3
                 # (hw/output.py, "Throughput and latency").

@@ -17,8 +17,9 @@ ROWS16 = SMALL.replace(rows=16, out_words=1, max_channels=64, act_words=2048)
 TOP = "core"
 
 
-#: As the up5k build: the compact loader (hw/compact_loader.py) and one shadow per PE.
-COMPACT = SMALL.replace(loader="compact", shadows=1)
+#: As the up5k build: the compact loader and output stage (hw/compact_loader.py,
+#: hw/compact_output.py) and one shadow per PE.
+COMPACT = SMALL.replace(loader="compact", output="compact", shadows=1)
 
 
 @pytest.fixture(scope="module", params=[SMALL, ROWS16, COMPACT], ids=["small", "rows16", "compact"])

@@ -2,6 +2,7 @@
 
 import pytest
 
+from hw.compact_output import CompactOutput
 from hw.output import OutputStage
 from sw.config import Config
 from tb import runner
@@ -17,11 +18,18 @@ OW3 = Config(rows=12, cols=4, tile=(1, 1, 4), act_banks=4, out_words=3, max_chan
 TOP = "output_stage"
 
 
-@pytest.fixture(scope="module", params=[SMALL, STEPS6, OW3, Config()],
-                ids=["small", "steps6", "ow3", "default"])
+#: hw/compact_output.py, on the up5k build's shape (one word a step) and on SMALL's.
+COMPACT = Config(rows=8, cols=2, tile=(1, 1, 2), act_banks=4, out_words=1, max_channels=32,
+                 max_width=16, act_words=512, weight_words=4096, output="compact")
+COMPACT_OW2 = SMALL.replace(output="compact")
+
+
+@pytest.fixture(scope="module", params=[SMALL, STEPS6, OW3, Config(), COMPACT, COMPACT_OW2],
+                ids=["small", "steps6", "ow3", "default", "compact", "compact-ow2"])
 def sim(request):
     cfg = request.param
-    return cfg, runner.build_component(OutputStage(cfg), TOP, cfg)
+    cls = CompactOutput if cfg.output == "compact" else OutputStage
+    return cfg, runner.build_component(cls(cfg), TOP, cfg)
 
 
 def test_output_stage(sim):

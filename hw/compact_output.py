@@ -1,0 +1,276 @@
+"""A compact output stage for small FPGAs: the ports, results and writes of
+:class:`hw.output.OutputStage` (bias, requantization, ReLU, saturation, 2×2 max-pool, flags and
+the activation writes; numerics in sw/numerics.py, addresses in sw/layout.py), one value at a
+time and without a DSP block (``Config.output = "compact"``).
+
+A block is handled in two phases, one after the other:
+
+* **requantize**: each of the block's values (conv: ``R × C``, only the rows with a channel;
+  fc: ``R`` column sums) in turn: its parameters are read, ``x = acc + bias`` is registered, the
+  product ``x·m`` is built four bits of ``m`` a cycle (shift-and-add in logic), then rounded,
+  shifted, rectified and saturated into the result buffer ``res`` — 7 cycles a value, the
+  rounding and saturation of one overlapping the next one's product. The block is accepted
+  (``i.ready``, a register) as its last value is read.
+* **write**: one output word a cycle from ``res`` (and, pooled, the first block's horizontal
+  maxima ``pbuf`` and the left half of a pooled word ``hold``) on lane ``wr[0]``; the other
+  lanes stay idle. The word addresses are kept incrementally from bases worked out while the
+  block is requantized.
+
+So a block takes about ``7·values + words`` cycles, where :class:`~hw.output.OutputStage` takes
+``u_n``; the PE array's credit rule makes the loader wait for it.
+"""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+
+from sw.layout import KIND_FC, param_steps
+
+from .arith import lut_mul, within
+from .output import output_members
+from .tags import index_width
+
+__all__ = ["CompactOutput"]
+
+
+def _clog2(n):
+    return (n - 1).bit_length()
+
+
+def _smax(a, b):
+    return Mux(a > b, a, b)
+
+
+class CompactOutput(wiring.Component):
+    """One value at a time; the ports of :class:`hw.output.OutputStage`."""
+
+    #: Bits of the multiplier ``m`` taken per cycle.
+    DIGIT = 4
+
+    @classmethod
+    def block_cycles(cls, config):
+        """Cycles a block takes at most, from its first cycle on ``i`` to the cycle after its
+        last write: per value 3 (parameters, x) + the product's digits, the last value's three
+        post stages, then up to ``R`` words and the cycle to take the next block."""
+        digits = -(-16 // cls.DIGIT)
+        return config.rows * config.cols * (3 + digits) + 3 + config.rows + 2
+
+    def __init__(self, config):
+        self.config = config
+        super().__init__(output_members(config))
+
+    def elaborate(self, platform):
+        cfg = self.config
+        R, C, OW, NB = cfg.rows, cfg.cols, cfg.out_words, cfg.act_banks
+        H = C // 2
+        KB = R // C                     # channel groups (HWC words per pixel) per block
+        lnb = _clog2(NB)
+        S = param_steps(cfg)
+        D = self.DIGIT
+        DIGITS = -(-len(self.param_data[0].mult) // D)
+        m = Module()
+        desc, i = self.desc, self.i
+        tag = i.payload.tag
+        fc = desc.kind == KIND_FC
+        act8 = signed(8)
+
+        # -- requantize -----------------------------------------------------------------------
+        # The value being requantized: row r, column j (fc: j = 0, the column sum); its phase.
+        phase = Signal(range(4))            # 0, 1: parameters read; 2: x loaded; 3: ×m
+        r = Signal(range(R))
+        j = Signal(range(C))
+        busy = Signal()                     # a block is being requantized
+        writing = Signal()                  # a block is being written
+        ready = Signal()
+        m.d.comb += i.ready.eq(ready)
+        # The block's tag, from its first cycle on i (the next block may be on i before this
+        # one's last value is done).
+        b_cog, b_y, b_xg = (Signal.like(tag.cog), Signal.like(tag.y), Signal.like(tag.xg))
+        # Rows with a channel: CHW layers of fewer channels than R skip the rest.
+        rows = Signal(range(R + 1))
+        m.d.comb += rows.eq(Mux(desc.out_hwc | fc, R,
+                                Mux(desc.out_c - lut_mul(b_cog, R) < R,
+                                    desc.out_c - lut_mul(b_cog, R), R)))
+        last_j = Mux(fc, 1, j == C - 1)
+        last_value = (r == rows - 1) & last_j
+        start = Signal()
+        pending = Signal()                  # a block's values are being requantized
+        m.d.comb += start.eq(i.valid & ~pending & ~writing & ~ready)
+
+        # Parameters of row r: word (pbase + cog)·S + r // OW, lane r % OW.
+        pw = _clog2(cfg.param_words)
+        step = r // OW if OW & (OW - 1) else r >> _clog2(OW)
+        lane_w = r % OW if OW & (OW - 1) else (r[:_clog2(OW)] if OW > 1 else Const(0))
+        step_f = Signal(max(1, _clog2(S)))
+        m.d.comb += step_f.eq(step)
+        m.d.comb += self.param_addr_next.eq(
+            Cat(step_f, (desc.pbase + b_cog)[:pw]) if S > 1 else (desc.pbase + b_cog)[:pw])
+        m.d.sync += self.param_addr.eq(self.param_addr_next)
+        lanes = Array(self.param_data[w] for w in range(OW))
+        par = lanes[lane_w]
+
+        accs = Array(i.payload.acc[k] for k in range(R * C))
+        # the fc column sum of row r
+        row_acc = [Array(i.payload.acc[rr * C + jj] for rr in range(R))[r] for jj in range(C)]
+        fsum = row_acc[0]
+        for jj in range(1, C):
+            fsum = (fsum + row_acc[jj])[:32].as_signed()
+        x_sel = Mux(fc, fsum, accs[Cat(j, r) if C > 1 else r])
+
+        x = Signal(signed(32))
+        mult = Signal(len(par.mult))
+        shift = Signal(5)
+        prod = Signal(signed(32 + len(par.mult) + 1))
+        # the product's digits, most significant first
+        digit = Signal(D)
+        dn = Signal(range(DIGITS))
+        m.d.comb += digit.eq((mult >> lut_mul(dn, D))[:D])
+        dx = sum(Mux(digit[b], x << b, 0) for b in range(D))
+
+        # Post-processing of a finished product: round, shift, saturate (three stages).
+        p_valid = Signal(3)
+        p_r = [Signal(range(R), name=f"p_r{n}") for n in range(3)]
+        p_j = [Signal(range(C), name=f"p_j{n}") for n in range(3)]
+        p_s = [Signal(5, name=f"p_s{n}") for n in range(2)]
+        t = Signal(signed(len(prod) + 1))
+        yv = Signal(signed(len(prod) + 1))
+        sat = Signal(act8)
+        res = [[Signal(act8, name=f"res_{rr}_{jj}") for jj in range(C)] for rr in range(R)]
+
+        m.d.sync += [ready.eq(self.i_ready_next), p_valid.eq(p_valid << 1)]
+        with m.If(start):
+            m.d.sync += [busy.eq(1), phase.eq(0), r.eq(0), j.eq(0)]
+        with m.If(busy):
+            with m.Switch(phase):
+                with m.Case(0):             # row r's parameter address is registered,
+                    m.d.sync += phase.eq(1)
+                with m.Case(1):             # read,
+                    m.d.sync += phase.eq(2)
+                with m.Case(2):             # and here: x = acc + bias
+                    m.d.sync += [x.eq((x_sel + par.bias)[:32]), mult.eq(par.mult),
+                                 shift.eq(par.shift), prod.eq(0), dn.eq(DIGITS - 1),
+                                 phase.eq(3)]
+                    with m.If(last_value):
+                        m.d.comb += self.i_ready_next.eq(1)
+                with m.Default():           # prod = prod·2^D + digit·x
+                    m.d.sync += [prod.eq((prod << D) + dx), dn.eq(dn - 1)]
+                    with m.If(dn == 0):
+                        m.d.sync += [p_valid[0].eq(1), p_r[0].eq(r), p_j[0].eq(j),
+                                     p_s[0].eq(shift), phase.eq(0)]
+                        with m.If(last_value):
+                            m.d.sync += busy.eq(0)
+                        with m.Elif(last_j):
+                            m.d.sync += [j.eq(0), r.eq(r + 1)]
+                        with m.Else():
+                            m.d.sync += j.eq(j + 1)
+        # prod is complete in the cycle after dn reached 0: stage 0 rounds it.
+        rnd = (Const(1, 33) << p_s[0])[1:33]
+        m.d.sync += [t.eq(prod + rnd), p_r[1].eq(p_r[0]), p_j[1].eq(p_j[0]), p_s[1].eq(p_s[0]),
+                     yv.eq(t >> p_s[1]), p_r[2].eq(p_r[1]), p_j[2].eq(p_j[1])]
+        neg, high = yv[-1], yv[7:]
+        m.d.comb += sat.eq(Mux(desc.relu & neg, 0,
+                               Mux(~neg & high.any(), 127,
+                                   Mux(neg & ~high.all(), -128, yv[:8]))))
+        with m.If(p_valid[2]):
+            for rr in range(R):
+                for jj in range(C):
+                    with m.If((p_r[2] == rr) & (p_j[2] == jj)):
+                        m.d.sync += res[rr][jj].eq(sat)
+        requant_done = Signal()             # the last value of the block reached res
+        with m.If(start):
+            m.d.sync += pending.eq(1)
+        m.d.comb += requant_done.eq(pending & ~busy & ~p_valid.any())
+
+        # -- write ----------------------------------------------------------------------------
+        pool, hwc = desc.pool, desc.out_hwc
+        with m.If(start):
+            m.d.sync += [b_cog.eq(tag.cog), b_y.eq(tag.y), b_xg.eq(tag.xg)]
+        pbuf = [[Signal(act8, name=f"pbuf_{rr}_{q}") for q in range(H)] for rr in range(R)]
+        hold = [[Signal(act8, name=f"hold_{rr}_{q}") for q in range(H)] for rr in range(R)]
+        pm = [[Mux(_smax(res[rr][2 * q], res[rr][2 * q + 1]) > pbuf[rr][q],
+                   _smax(res[rr][2 * q], res[rr][2 * q + 1]), pbuf[rr][q])
+               for q in range(H)] for rr in range(R)]
+        first_of_pair = pool & ~b_y[0]
+        xw = Mux(pool, b_xg >> 1, b_xg)
+        to_hold = pool & ~hwc & ~fc & ~b_xg[0] & (b_xg != desc.xgs - 1)
+        # Word counters: CHW: the row wr_r; HWC/fc: the pixel wr_p and channel group wr_k.
+        wr_r = Signal(range(R))
+        wr_p = Signal(range(C))
+        wr_k = Signal(range(KB))
+        # Addresses: CHW: a = (cog·R + r)·out_s + row·out_p + xw, channel cog·R + r;
+        # HWC: a = (row·out_w + x)·out_q + cog·KB + k. Bases worked out while requantizing.
+        aw = max(index_width(cfg), len(desc.out_s)) + 8
+        row = Mux(pool, b_y >> 1, b_y)
+        base = Signal(aw)
+        wa = Signal(aw)                     # the word's logical address
+        wch = Signal(len(desc.out_c) + R.bit_length() + 1)   # CHW: the word's channel
+        x0 = Mux(pool, lut_mul(b_xg, H), lut_mul(b_xg, C))
+        chw_base = lut_mul(lut_mul(b_cog, R), desc.out_s) + lut_mul(row, desc.out_p) + xw
+        hwc_base = lut_mul(lut_mul(row, desc.out_w) + x0, desc.out_q) + lut_mul(b_cog, KB)
+        m.d.sync += base.eq(Mux(hwc | fc, Mux(fc, lut_mul(b_cog, KB), hwc_base), chw_base))
+        with m.If(requant_done):
+            m.d.sync += pending.eq(0)
+            with m.If(first_of_pair):
+                m.d.sync += [pbuf[rr][q].eq(_smax(res[rr][2 * q], res[rr][2 * q + 1]))
+                             for rr in range(R) for q in range(H)]
+            with m.Elif(to_hold):
+                m.d.sync += [hold[rr][q].eq(pm[rr][q]) for rr in range(R) for q in range(H)]
+            with m.Else():
+                m.d.sync += [writing.eq(1), wr_r.eq(0), wr_p.eq(0), wr_k.eq(0), wa.eq(base),
+                             wch.eq(lut_mul(b_cog, R))]
+
+        # The word's lanes and whether it exists.
+        npix = Mux(pool, H, C)
+        chw_vals, hwc_vals = [], []
+        for c in range(C):
+            if c < H:
+                pooled = Mux(b_xg[0], Array(hold[rr][c] for rr in range(R))[wr_r],
+                             Array(pm[rr][c] for rr in range(R))[wr_r])
+            else:
+                pooled = Mux(b_xg[0], Array(pm[rr][c - H] for rr in range(R))[wr_r], 0)
+            chw_vals.append(Mux(pool, pooled, Array(res[rr][c] for rr in range(R))[wr_r]))
+            ch_r = lut_mul(wr_k, C) + c
+            hwc_v = Mux(pool, Array(Array(pm[rr][q] for q in range(H)) for rr in range(R))
+                        [ch_r][wr_p],
+                        Array(Array(res[rr][jj] for jj in range(C)) for rr in range(R))
+                        [ch_r][Mux(fc, 0, wr_p)])
+            hwc_vals.append(hwc_v)
+        k_abs = lut_mul(b_cog, KB) + wr_k
+        vals, valid = [], []
+        for c in range(C):
+            vals.append(Mux(hwc | fc, hwc_vals[c], chw_vals[c]))
+            valid.append(Mux(hwc | fc, lut_mul(k_abs, C) + c < desc.out_c,
+                             lut_mul(xw, C) + c < desc.out_w))
+        x_pix = Mux(pool, lut_mul(b_xg, H), lut_mul(b_xg, C)) + wr_p
+        # (a pooled CHW row's last block, of an even xg, may hold no pixel of the output)
+        exists = Mux(hwc | fc, (k_abs < desc.out_q) & (fc | (x_pix < desc.out_w)),
+                     (wch < desc.out_c) & (lut_mul(xw, C) < desc.out_w))
+        bank = Mux(hwc | fc, wa, wa + wch)[:lnb] if lnb else Const(0, 0)
+        index = Cat(bank, wa[lnb:]) if lnb else wa
+        data_v = [Mux(valid[c], vals[c], 0) for c in range(C)]
+        small = Cat(*[within(v, self.epsilon) for v in data_v])
+        flag = small.all() & ~desc.last
+        lane = self.wr[0]
+        m.d.sync += [lane.en.eq(writing & exists), lane.index.eq(index),
+                     lane.flag.eq(writing & exists & flag),
+                     self.flagged.eq(writing & exists & flag)]
+        m.d.sync += [lane.data[c].eq(Mux(flag, 0, data_v[c])) for c in range(C)]
+        for w in range(1, OW):
+            m.d.sync += self.wr[w].en.eq(0)
+
+        # The next word.
+        with m.If(writing):
+            with m.If(hwc | fc):
+                m.d.sync += [wr_k.eq(wr_k + 1), wa.eq(wa + 1)]
+                with m.If(wr_k == KB - 1):
+                    m.d.sync += [wr_k.eq(0), wr_p.eq(wr_p + 1),
+                                 wa.eq(wa - (KB - 1) + desc.out_q)]
+                    with m.If(fc | (wr_p == npix - 1)):
+                        m.d.sync += writing.eq(0)
+            with m.Else():
+                m.d.sync += [wr_r.eq(wr_r + 1), wa.eq(wa + desc.out_s), wch.eq(wch + 1)]
+                with m.If(wr_r == R - 1):
+                    m.d.sync += writing.eq(0)
+
+        m.d.comb += self.idle.eq(~i.valid & ~busy & ~pending & ~writing & ~ready
+                                 & ~lane.en)
+        return m
