@@ -23,15 +23,19 @@ issue through one row register:
   counts the row's slots, and hands the row to RB; a row with no slot to issue is dropped (it
   cost its scan cycle) unless it ends its block.
 * **RB** issues the row's slots, lowest ``kx`` first, one per cycle: it reads the slot's words
-  (each once) and its weight word (conv: one bank; fc: all ``C``).
+  (each once) and its weight word (conv: one bank). An fc slot takes ``C`` cycles: it reads
+  its ``C`` weight words one a cycle, bank ``C − 1`` last, as it issues; so at most one weight
+  read port is enabled in any cycle, and a weight word is used in the cycle after its read
+  (the core keeps the weights in one single-ported memory: the SPRAMs of an iCE40 UltraPlus).
 * **D** forms the slot from the read data. **F** holds up to three slots: a slot leaves only when
   it is known whether it is its block's last (a later slot was formed, or the block's end
   sealed it); a block with no issued slot becomes one ``zero`` slot (``first = last = 1``,
   ``act = wgt = 0``). A block's last slot leaves only while fewer than ``credits`` blocks are
   outstanding (the same credit protocol as :class:`~hw.loader.Loader`: ``block_done`` pulses).
 
-Throughput: one issued slot per cycle while rows keep coming; a row with nothing to issue costs
-one scan cycle, hidden when the row before it has at least two slots to issue. So a fully
+Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming;
+a row with nothing to issue costs one scan cycle, hidden when the row before it has at least two
+slots to issue. So a fully
 skipped 3×3 group costs at most 3 cycles instead of 9.
 
 The row's ``NB`` words must cover the columns of all its slots:
@@ -278,8 +282,18 @@ class CompactLoader(wiring.Component):
         m.d.comb += low.eq(rb_mask & -rb_mask)
         one_left = Signal()
         m.d.comb += one_left.eq((rb_mask & ~low) == 0)
+        # An fc slot reads its C weight words one a cycle (the weights are one single-ported
+        # memory in the core): banks 0 … C−2 in the cycles before the slot issues (fetch), bank
+        # C−1 as it issues.
+        fph = Signal(range(C))              # the fc slot's next weight bank
+        fetch = Signal()
+        m.d.comb += fetch.eq(rb_valid & rb_mask.any() & fc & (fph != C - 1))
+        with m.If(fetch):
+            m.d.sync += fph.eq(fph + 1)
         issue = Signal()
-        m.d.comb += issue.eq(rb_valid & can_issue & rb_mask.any())
+        m.d.comb += issue.eq(rb_valid & can_issue & rb_mask.any() & (~fc | (fph == C - 1)))
+        with m.If(issue):
+            m.d.sync += fph.eq(0)
         # An empty row that ends its block only produces the block's end.
         end_only = Signal()
         m.d.comb += end_only.eq(rb_valid & can_issue & ~rb_mask.any())
@@ -333,7 +347,16 @@ class CompactLoader(wiring.Component):
         m.d.comb += wbank.eq(wi[:lgC] if lgC else 0)
         for j in range(C):
             m.d.comb += [self.wgt_addr[j].eq(Mux(fc, wi, wi >> lgC)),
-                         self.wgt_en[j].eq(issue & (fc | (wbank == j)))]
+                         self.wgt_en[j].eq(Mux(fc, (fetch | issue) & (fph == j),
+                                               issue & (wbank == j)))]
+        # The fc slot's words of banks 0 … C−2, taken in the cycle after each is read.
+        wlat = [Signal(R * 8, name=f"wlat_{j}") for j in range(C - 1)]
+        fetched = Signal(range(C))
+        fetched_valid = Signal()
+        m.d.sync += [fetched.eq(fph), fetched_valid.eq(fetch)]
+        for j in range(C - 1):
+            with m.If(fetched_valid & (fetched == j)):
+                m.d.sync += wlat[j].eq(self.wgt_data[j].as_value())
 
         # -- D: the slot from the read data -------------------------------------------------------
         d_valid = Signal()                  # a slot or a block's end is in D
@@ -360,8 +383,9 @@ class CompactLoader(wiring.Component):
             conv_x = Mux(d_ok[j], words[d_bank[j]].word_select(d_lane[j], 8), 0)
             m.d.comb += slot.act[j].eq(Mux(d_fc, fc_word.word_select(j, 8), conv_x))
             for r in range(R):
-                m.d.comb += slot.wgt[r * C + j].eq(Mux(d_fc, self.wgt_data[j][r],
-                                                       conv_wgt.word_select(r, 8)))
+                fc_w = (wlat[j].word_select(r, 8) if j < C - 1
+                        else self.wgt_data[j].as_value().word_select(r, 8))
+                m.d.comb += slot.wgt[r * C + j].eq(Mux(d_fc, fc_w, conv_wgt.word_select(r, 8)))
         m.d.comb += slot.tag.eq(d_tag)
 
         # -- F: formed slots, in order; the tail leaves once its block's last bit is known -----

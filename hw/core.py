@@ -23,6 +23,7 @@ from .fanout import KEEP, copies
 from .loader import Loader
 from .output import OutputStage
 from .pe_array import PEArray
+from .spram import SinglePortMemory
 from .tags import descriptor_layout
 
 __all__ = ["Core", "bus_layouts", "YOSYS_NO_COLLISIONS"]
@@ -55,6 +56,13 @@ def bus_layouts(config):
                              "data": data_bits})
     rsp = data.StructLayout({"data": data_bits, "error": 1})
     return cmd, rsp
+
+
+def weight_memories(config):
+    """Memories the weights are kept in: one per bank (the pipelined loader reads all ``C``
+    banks of an fc slot at once), or one single-ported memory for the compact loader, which
+    reads one word a cycle (hw/spram.py: on an iCE40 UltraPlus, its SPRAMs)."""
+    return 1 if config.loader == "compact" else config.cols
 
 
 def flag_ports(config):
@@ -157,7 +165,8 @@ class Core(wiring.Component):
         ]
 
         # -- memories -----------------------------------------------------------------------
-        port_keys = ([("act", b) for b in range(NB)] + [("wgt", j) for j in range(C)]
+        WB = weight_memories(cfg)
+        port_keys = ([("act", b) for b in range(NB)] + [("wgt", j) for j in range(WB)]
                      + ["misc"])
         busy_at = dict(zip(port_keys, copies(m, busy_next, len(port_keys), "busy")))
         def memory(name, width, depth):
@@ -176,8 +185,13 @@ class Core(wiring.Component):
         rows = layout.memory_map(cfg)
         lanes = {r: -(-rows[r][0] // layout.CHUNK_BITS) for r in layout.CHUNKED}
         chunked = {r: lanes[r] * layout.CHUNK_BITS for r in layout.CHUNKED}
-        wgt = [memory(f"wgt_{j}", chunked[Region.WEIGHT], cfg.weight_words // C)
-               for j in range(C)]
+        if WB == C:
+            wgt = [memory(f"wgt_{j}", chunked[Region.WEIGHT], cfg.weight_words // C)
+                   for j in range(C)]
+        else:       # one single-ported memory (hw/spram.py): the compact loader's
+            m.submodules.wgt_0 = wgt_mem = SinglePortMemory(
+                chunked[Region.WEIGHT], cfg.weight_words,
+                granularity=layout.CHUNK_BITS if lanes[Region.WEIGHT] > 1 else None)
         mask = memory("mask", cfg.group_bits, cfg.mask_words)
         # The parameter rows (OW·53 bits) are split into memories of PARAM_LANES host words
         # each, so that each has its own address register next to its block RAMs.
@@ -192,11 +206,14 @@ class Core(wiring.Component):
         act_w = [mem.write_port() for mem in act]
         flag_r = [[mem.read_port() for _ in range(K)] for mem in flag]
         flag_w = [mem.write_port() for mem in flag]
-        wgt_r = [mem.read_port() for mem in wgt]
         def chunk_port(mem, region):
             return mem.write_port(granularity=layout.CHUNK_BITS if lanes[region] > 1 else None)
 
-        wgt_w = [chunk_port(mem, Region.WEIGHT) for mem in wgt]
+        if WB == C:
+            wgt_r = [mem.read_port() for mem in wgt]
+            wgt_w = [chunk_port(mem, Region.WEIGHT) for mem in wgt]
+        else:
+            wgt_r, wgt_w = [wgt_mem.read], [wgt_mem.write]
         mask_r, mask_w = mask.read_port(), mask.write_port()
         param_r = [mem.read_port() for mem in params]
         param_w = [mem.write_port(granularity=layout.CHUNK_BITS if len(g) > 1 else None)
@@ -326,11 +343,11 @@ class Core(wiring.Component):
                 for b, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw],
                                                       k_cmd.region[0]), NB, "d_at_act"))}
         d_at.update({("wgt", j): (reg[:IW], reg[IW:])
-                     for j, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw]), C,
+                     for j, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw]), WB,
                                                     "d_at_wgt"))})
         k_hb, _ = lane(k_cmd.index, NB)
         k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
-        k_wb, _ = lane(k_wrow, C)
+        k_wb, _ = lane(k_wrow, WB)
         k_prow, k_planes, _ = chunk(k_cmd.index, k_cmd.data, Region.PARAM)
         drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
         _, k_dlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.DESC)
@@ -349,12 +366,12 @@ class Core(wiring.Component):
                     flag_w[b].addr.eq(ha), flag_w[b].data.eq(d_data),
                     act_w[b].en.eq(act_en), flag_w[b].en.eq(flag_en),
                 ]
-        for j in range(C):
+        for j in range(WB):
             wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
                             Mux((k_wb == j) & (k_cmd.region == Region.WEIGHT), k_wlanes, 0),
                             ("wgt", j))
             wrow, _, wword = chunk(*d_at["wgt", j], Region.WEIGHT)
-            _, wa = lane(wrow, C)
+            _, wa = lane(wrow, WB)
             with m.If(~busy_at["wgt", j]):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(1), wgt_w[j].addr.eq(wa),
                              wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
@@ -443,17 +460,17 @@ class Core(wiring.Component):
 
         def wgt_lo_hi(index):
             sel, row = lane_of(index, Region.WEIGHT)
-            return sel, lane(row, C)[0]
+            return sel, lane(row, WB)[0]
 
         def param_lo_hi(index):
             sel, _ = lane_of(index, Region.PARAM)
             return sel, sum((sel >= g.start for g in pgroups[1:]), Const(0, 1))
 
-        f_wgt = [raw(wgt_r[j].data, f"wgt{j}") for j in range(C)]
+        f_wgt = [raw(wgt_r[j].data, f"wgt{j}") for j in range(WB)]
         p_lanes = lanes_of(raw(param_data, "param"), Region.PARAM)
         g_late = {
             Region.WEIGHT: staged([dict(enumerate(lanes_of(f_wgt[j], Region.WEIGHT)))
-                                   for j in range(C)], wgt_lo_hi, "wgt"),
+                                   for j in range(WB)], wgt_lo_hi, "wgt"),
             Region.PARAM: staged([{n: p_lanes[n] for n in g} for g in pgroups], param_lo_hi,
                                  "param"),
         }
@@ -612,10 +629,20 @@ class Core(wiring.Component):
                     act_w[b].addr.eq(w_addr), act_w[b].data.eq(w_data), act_w[b].en.eq(w_en),
                     flag_w[b].addr.eq(w_addr), flag_w[b].data.eq(w_flag), flag_w[b].en.eq(w_en),
                 ]
-        for j in range(C):
-            with m.If(busy_at["wgt", j]):
-                m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
-                             wgt_r[j].en.eq(loader.wgt_en[j])]
+        if len(wgt_r) == C:
+            for j in range(C):
+                with m.If(busy_at["wgt", j]):
+                    m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
+                                 wgt_r[j].en.eq(loader.wgt_en[j])]
+        else:
+            # One memory, row = in-bank address · C + bank; the loader enables one bank's port
+            # at a time (hw/compact_loader.py).
+            with m.If(busy_at["wgt", 0]):
+                for j in range(C):
+                    with m.If(loader.wgt_en[j]):
+                        m.d.comb += [wgt_r[0].addr.eq(Cat(Const(j, (C - 1).bit_length()),
+                                                          loader.wgt_addr[j])),
+                                     wgt_r[0].en.eq(1)]
         with m.If(busy_at["misc"]):
             m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en)]
         for b in range(NB):
@@ -623,7 +650,7 @@ class Core(wiring.Component):
             for k in range(K):
                 m.d.comb += loader.flag_data[b][k].eq(flag_r[b][k].data)
         for j in range(C):
-            m.d.comb += loader.wgt_data[j].eq(wgt_r[j].data)
+            m.d.comb += loader.wgt_data[j].eq(wgt_r[j if len(wgt_r) == C else 0].data)
         m.d.comb += [
             loader.mask_data.eq(mask_r.data), out.param_data.eq(param_data),
             counters["issue_slots"].inc.eq(loader.issue_slots),

@@ -215,7 +215,10 @@ async def check_program(bus, program, x, skip):
             scans = plan.groups * rows_per_group
             loop = PEArray.CREDIT_LOOP if cfg.shadows else 0
             out = CompactOutput.block_cycles(cfg) if cfg.output == "compact" else U
-            bound = issued + blocks * (scans + out + 1 + loop) + out + 36
+            # the compact loader reads an fc slot's C weight words in C cycles
+            per_slot = (cfg.cols if cfg.loader == "compact" and d["kind"] == layout.KIND_FC
+                        else 1)
+            bound = issued * per_slot + blocks * (scans + out + 1 + loop) + out + 36
             assert 0 < hw["busy_cycles"] <= bound, (n, i, hw["busy_cycles"], bound)
         assert cycles >= sum(c["busy_cycles"] for c in counts)
     return all_counts
