@@ -502,12 +502,13 @@ def memory_blocks(netlist, top="top"):
     """Block RAMs per memory of a synthesized netlist (Yosys JSON): ``{memory: {type: n}}``.
 
     Yosys names the block RAMs of memory ``core.act_0`` ``core.act_0.<i>.<j>`` (or, for a
-    memory whose name it made unique, ``core.desc$401.<i>.<j>``)."""
+    memory whose name it made unique, ``core.desc$401.<i>.<j>``); hw/spram.py names its SPRAMs
+    ``<memory>.spram_<n>``."""
     cells = json.loads(Path(netlist).read_text())["modules"][top]["cells"]
     out = {}
     for name, cell in cells.items():
         if _resource(cell["type"]) in ("bram", "spram"):
-            memory = re.sub(r"(\$\d+)?(\.\d+)+$", "", name)
+            memory = re.sub(r"(\$\d+)?(\.\d+)+$|\.spram_\d+$", "", name)
             counts = out.setdefault(memory, {})
             counts[cell["type"]] = counts.get(cell["type"], 0) + 1
     return out

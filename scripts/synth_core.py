@@ -42,6 +42,7 @@ from readme import write_section
 from synth import (
     TARGETS,
     BuildTimeout,
+    _resource,
     _yosys_cells,
     critical_paths,
     format_table,
@@ -390,8 +391,14 @@ def breakdown_markdown(entry):
     memories = sorted(entry["breakdown"]["memories"].items(),
                       key=lambda item: -sum(item[1].values()))
     if memories:
+        def blocks(counts):
+            spram = sum(n for t, n in counts.items() if _resource(t) == "spram")
+            bram = sum(counts.values()) - spram
+            return " + ".join(filter(None, [str(bram) if bram else "",
+                                            f"{spram} SPRAM" if spram else ""]))
+
         lines += ["", f"{entry['target']} block RAMs by memory: " + ", ".join(
-            f"`{name.removeprefix('core.')}` {sum(n.values())}" for name, n in memories) + "."]
+            f"`{name.removeprefix('core.')}` {blocks(n)}" for name, n in memories) + "."]
     return lines
 
 

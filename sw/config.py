@@ -203,7 +203,9 @@ CONFIGS = {
     # ECP5-85F (ULX3S): 128 int8 MACs.
     "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
+    # The demo network's 20 groups of 8 output channels take 32 parameter words (4 block
+    # RAMs, where 64 take 7).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
-                   weight_words=8192, out_words=1, max_width=32, shadows=1,
+                   weight_words=8192, param_words=32, out_words=1, max_width=32, shadows=1,
                    output="compact", loader="compact"),
 }

@@ -55,3 +55,24 @@ def test_breakdown_groups_modules_and_gives_the_device(tmp_path):
     assert rows["harness and clock"] == ["30", "110", "0", "0"]
     assert rows["**total** (device)"] == ["4090 (5280)", "4174 (5280)", "4 (8)", "36 (30)"]
     assert lines[-1] == "up5k block RAMs by memory: `wgt_0` 32, `act_0` 4."
+    # SPRAMs (hw/spram.py names them <memory>.spram_<n>) count under their memory, apart
+    entry["breakdown"]["memories"] = {"core.wgt_0": {"SB_SPRAM256KA": 4},
+                                      "core.act_0": {"SB_RAM40_4K": 4}}
+    assert synth_core.breakdown_markdown(entry)[-1] == \
+        "up5k block RAMs by memory: `wgt_0` 4 SPRAM, `act_0` 4."
+
+
+def test_memory_blocks_names_the_memory_of_each_block(tmp_path):
+    import json
+
+    from synth import memory_blocks
+
+    cells = {"core.act_0.0.1": "SB_RAM40_4K", "core.act_0.1.1": "SB_RAM40_4K",
+             "core.desc$401.0.0": "SB_RAM40_4K", "core.wgt_0.spram_0": "SB_SPRAM256KA",
+             "core.wgt_0.spram_3": "SB_SPRAM256KA", "core.x": "SB_LUT4"}
+    netlist = tmp_path / "top.json"
+    netlist.write_text(json.dumps({"modules": {"top": {"cells": {
+        name: {"type": t} for name, t in cells.items()}}}}))
+    assert memory_blocks(netlist) == {"core.act_0": {"SB_RAM40_4K": 2},
+                                      "core.desc": {"SB_RAM40_4K": 1},
+                                      "core.wgt_0": {"SB_SPRAM256KA": 2}}
