@@ -51,8 +51,12 @@ class CompactOutput(wiring.Component):
         """Cycles a block takes at most, from its first cycle on ``i`` to the cycle after its
         last write: per value 3 (parameters, x) + the product's digits, the last value's three
         post stages, then up to ``R`` words and the cycle to take the next block."""
-        digits = -(-16 // cls.DIGIT)
-        return config.rows * config.cols * (3 + digits) + 3 + config.rows + 2
+        return config.rows * config.cols * (3 + cls._digits(config)) + 3 + config.rows + 2
+
+    @classmethod
+    def _digits(cls, config):
+        """Cycles of a product: the multiplier's bits, ``DIGIT`` a cycle."""
+        return -(-config.mult_bits // cls.DIGIT)
 
     def __init__(self, config):
         self.config = config
@@ -66,7 +70,7 @@ class CompactOutput(wiring.Component):
         lnb = _clog2(NB)
         S = param_steps(cfg)
         D = self.DIGIT
-        DIGITS = -(-len(self.param_data[0].mult) // D)
+        DIGITS = self._digits(cfg)
         m = Module()
         desc, i = self.desc, self.i
         tag = i.payload.tag
