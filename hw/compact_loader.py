@@ -1,7 +1,8 @@
 """A compact loader for small FPGAs: the same ports, slots and counters as :class:`hw.loader.Loader`
 (docs/ARCHITECTURE.md; ``sw/schedule.py`` counts what it issues), in less logic: on the ``up5k``
-configuration 2,014 LUTs and 963 flip-flops where :class:`~hw.loader.Loader` takes 2,454 and
-2,695, and one flag read port per bank instead of ``Kmax`` (``Config.loader = "compact"``).
+configuration 1,952 LUTs and 1,028 flip-flops where :class:`~hw.loader.Loader` takes 2,454 and
+2,695 (results/synth.json), one flag read port per bank instead of ``Kmax``, and one weight
+read a cycle (``Config.loader = "compact"``).
 
 Where :class:`~hw.loader.Loader` scans a whole group (``Kmax`` kernel rows) per cycle through a
 deep pipeline and an 8-entry FIFO, so that it keeps 100 MHz on ECP5 and hides fully skipped groups
