@@ -50,19 +50,10 @@ from amaranth.lib import data, wiring
 from sw.layout import KIND_FC
 
 from .arith import lut_mul
-from .loader import address_bits, loader_members
+from .loader import _bits, _log2, address_bits, loader_members
 from .tags import descriptor_layout, slot_layout
 
 __all__ = ["CompactLoader"]
-
-
-def _bits(n):
-    return max(1, int(n).bit_length())
-
-
-def _log2(n):
-    assert n > 0 and n & (n - 1) == 0
-    return n.bit_length() - 1
 
 
 class CompactLoader(wiring.Component):

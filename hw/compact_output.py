@@ -26,18 +26,10 @@ from amaranth.lib import wiring
 from sw.layout import KIND_FC, param_steps
 
 from .arith import lut_mul, within
-from .output import output_members
+from .output import _clog2, _smax, output_members
 from .tags import index_width
 
 __all__ = ["CompactOutput"]
-
-
-def _clog2(n):
-    return (n - 1).bit_length()
-
-
-def _smax(a, b):
-    return Mux(a > b, a, b)
 
 
 class CompactOutput(wiring.Component):
