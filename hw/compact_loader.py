@@ -147,13 +147,12 @@ class CompactLoader(wiring.Component):
         last_xg = xg == L.xgs - 1
         last_y = Mux(L.pool, y + 1 >= L.rows, y == L.rows - 1)
         last_cog = cog == L.cogs - 1
-        row_first = Mux(fc, g == 0, (ci == 0) & (ky == 0))
         row_last = Mux(fc, last_g, last_ci & last_ky)
 
         # -- S1 ----------------------------------------------------------------------------------
         s1_valid = Signal()
         S1 = data.StructLayout({
-            "geo": S0G, "first": 1, "last": 1, "cog": ch, "y": wd, "xg": wd,
+            "geo": S0G, "last": 1, "cog": ch, "y": wd, "xg": wd,
             "rot": range(max(NB, 2)), "addr": data.ArrayLayout(self._act_addr_bits, NB),
             "w": wt + 1, "mbit": range(KM * KM),
         })
@@ -182,7 +181,7 @@ class CompactLoader(wiring.Component):
                          mcog.eq(self.desc.mbase), mrow.eq(self.desc.mbase)]
         with m.Elif(advance):
             m.d.sync += [
-                s1.geo.eq(geo), s1.first.eq(row_first), s1.last.eq(row_last),
+                s1.geo.eq(geo), s1.last.eq(row_last),
                 s1.cog.eq(cog), s1.y.eq(Mux(fc, 0, y)), s1.xg.eq(Mux(fc, 0, xg)),
                 s1.rot.eq(rot), s1.w.eq(wrow), s1.mbit.eq(mbit),
             ]
@@ -268,7 +267,6 @@ class CompactLoader(wiring.Component):
         rb_valid = Signal()
         rb = Signal(S1)
         rb_mask = Signal(W)                 # slots still to issue
-        rb_end = Signal()                   # the row ends its block (and is RB's last row of it)
         can_issue = Signal()                # F will have room for the slot (below)
         low = Signal(W)                     # lowest set bit of rb_mask
         m.d.comb += low.eq(rb_mask & -rb_mask)
@@ -299,7 +297,7 @@ class CompactLoader(wiring.Component):
         with m.If(rb_free):
             m.d.sync += rb_valid.eq(0)
         with m.If(s1_ready & keep):
-            m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask), rb_end.eq(s1.last)]
+            m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask)]
 
         # Counters: S1's row as it moves on.
         slots = sum(s1.geo.exists[kx] for kx in range(W))
@@ -362,7 +360,7 @@ class CompactLoader(wiring.Component):
         d_kx = Signal(range(W))
         d_wbank = Signal(range(max(C, 2)))
         m.d.sync += [d_valid.eq(issue | end_only), d_slot.eq(issue),
-                     d_end.eq(rb_end & rb_free & rb_valid), d_fc.eq(fc),
+                     d_end.eq(rb.last & rb_free & rb_valid), d_fc.eq(fc),
                      d_tag.cog.eq(rb.cog), d_tag.y.eq(rb.y), d_tag.xg.eq(rb.xg),
                      d_ok.eq(kx_ok), d_kx.eq(kx_i), d_wbank.eq(wbank)]
         m.d.sync += [d_bank[j].eq(kx_bank[j]) for j in range(C)]

@@ -26,7 +26,7 @@ from amaranth.lib import wiring
 from sw.layout import KIND_FC, param_steps
 
 from .arith import lut_mul, within
-from .output import _clog2, _smax, output_members
+from .output import _clog2, _smax, _smax3, output_members
 from .tags import index_width
 
 __all__ = ["CompactOutput"]
@@ -182,9 +182,8 @@ class CompactOutput(wiring.Component):
             m.d.sync += [b_cog.eq(tag.cog), b_y.eq(tag.y), b_xg.eq(tag.xg)]
         pbuf = [[Signal(act8, name=f"pbuf_{rr}_{q}") for q in range(H)] for rr in range(R)]
         hold = [[Signal(act8, name=f"hold_{rr}_{q}") for q in range(H)] for rr in range(R)]
-        pm = [[Mux(_smax(res[rr][2 * q], res[rr][2 * q + 1]) > pbuf[rr][q],
-                   _smax(res[rr][2 * q], res[rr][2 * q + 1]), pbuf[rr][q])
-               for q in range(H)] for rr in range(R)]
+        pm = [[_smax3(res[rr][2 * q], res[rr][2 * q + 1], pbuf[rr][q]) for q in range(H)]
+              for rr in range(R)]
         first_of_pair = pool & ~b_y[0]
         xw = Mux(pool, b_xg >> 1, b_xg)
         to_hold = pool & ~hwc & ~fc & ~b_xg[0] & (b_xg != desc.xgs - 1)
@@ -199,10 +198,11 @@ class CompactOutput(wiring.Component):
         base = Signal(aw)
         wa = Signal(aw)                     # the word's logical address
         wch = Signal(len(desc.out_c) + R.bit_length() + 1)   # CHW: the word's channel
-        x0 = Mux(pool, lut_mul(b_xg, H), lut_mul(b_xg, C))
+        x0 = Mux(pool, lut_mul(b_xg, H), lut_mul(b_xg, C))     # the block's first pixel
+        k0 = lut_mul(b_cog, KB)                                  # its first channel group
         chw_base = lut_mul(lut_mul(b_cog, R), desc.out_s) + lut_mul(row, desc.out_p) + xw
-        hwc_base = lut_mul(lut_mul(row, desc.out_w) + x0, desc.out_q) + lut_mul(b_cog, KB)
-        m.d.sync += base.eq(Mux(hwc | fc, Mux(fc, lut_mul(b_cog, KB), hwc_base), chw_base))
+        hwc_base = lut_mul(lut_mul(row, desc.out_w) + x0, desc.out_q) + k0
+        m.d.sync += base.eq(Mux(hwc | fc, Mux(fc, k0, hwc_base), chw_base))
         with m.If(requant_done):
             m.d.sync += pending.eq(0)
             with m.If(first_of_pair):
@@ -228,18 +228,18 @@ class CompactOutput(wiring.Component):
             hwc_v = Mux(pool, Array(Array(pm[rr][q] for q in range(H)) for rr in range(R))
                         [ch_r][wr_p],
                         Array(Array(res[rr][jj] for jj in range(C)) for rr in range(R))
-                        [ch_r][Mux(fc, 0, wr_p)])
+                        [ch_r][wr_p])          # (fc: one pixel, wr_p = 0)
             hwc_vals.append(hwc_v)
-        k_abs = lut_mul(b_cog, KB) + wr_k
+        k_abs = k0 + wr_k
+        xw0 = lut_mul(xw, C)                # CHW: the word's first pixel
         vals, valid = [], []
         for c in range(C):
             vals.append(Mux(hwc | fc, hwc_vals[c], chw_vals[c]))
             valid.append(Mux(hwc | fc, lut_mul(k_abs, C) + c < desc.out_c,
-                             lut_mul(xw, C) + c < desc.out_w))
-        x_pix = Mux(pool, lut_mul(b_xg, H), lut_mul(b_xg, C)) + wr_p
+                             xw0 + c < desc.out_w))
         # (a pooled CHW row's last block, of an even xg, may hold no pixel of the output)
-        exists = Mux(hwc | fc, (k_abs < desc.out_q) & (fc | (x_pix < desc.out_w)),
-                     (wch < desc.out_c) & (lut_mul(xw, C) < desc.out_w))
+        exists = Mux(hwc | fc, (k_abs < desc.out_q) & (fc | (x0 + wr_p < desc.out_w)),
+                     (wch < desc.out_c) & (xw0 < desc.out_w))
         bank = Mux(hwc | fc, wa, wa + wch)[:lnb] if lnb else Const(0, 0)
         index = Cat(bank, wa[lnb:]) if lnb else wa
         data_v = [Mux(valid[c], vals[c], 0) for c in range(C)]
@@ -250,8 +250,6 @@ class CompactOutput(wiring.Component):
                      lane.flag.eq(writing & exists & flag),
                      self.flagged.eq(writing & exists & flag)]
         m.d.sync += [lane.data[c].eq(Mux(flag, 0, data_v[c])) for c in range(C)]
-        for w in range(1, OW):
-            m.d.sync += self.wr[w].en.eq(0)
 
         # The next word.
         with m.If(writing):
