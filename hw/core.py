@@ -65,6 +65,32 @@ def weight_memories(config):
     return 1 if config.loader == "compact" else config.cols
 
 
+def shared_regions(config):
+    """{Region: host index of its first word among the weight memory's host words} of the
+    regions kept in the weight memory besides the weights. With one single-ported weight
+    memory (on an iCE40 UltraPlus, its SPRAMs, which have room to spare) the layer descriptors
+    and the counters lie in its rows past the weights': the sequencer reads and writes them
+    only while the loader is idle, and the host only while no run is in progress. Otherwise
+    they have memories of their own ({})."""
+    if config.loader != "compact":
+        return {}
+    rows = layout.memory_map(config)
+    kw = layout.chunk_shift(rows[Region.WEIGHT][0])
+    kd = layout.chunk_shift(rows[Region.DESC][0])
+    assert kd >= kw, "a descriptor row spans whole weight rows"
+    desc = config.weight_words << kw
+    return {Region.DESC: desc, Region.COUNT: desc + (config.max_layers << kd)}
+
+
+def weight_rows(config):
+    """Rows of a compact configuration's one weight memory: the weights', then those of
+    :func:`shared_regions`."""
+    shared = shared_regions(config)
+    kw = layout.chunk_shift(layout.memory_map(config)[Region.WEIGHT][0])
+    counters = config.max_layers * len(COUNTERS)
+    return (shared[Region.COUNT] + counters + (1 << kw) - 1) >> kw
+
+
 def flag_ports(config):
     """Read ports of each flag bank the loader uses: one per kernel row (hw/loader.py), or one
     (hw/compact_loader.py reads one kernel row per cycle)."""
@@ -185,12 +211,14 @@ class Core(wiring.Component):
         rows = layout.memory_map(cfg)
         lanes = {r: -(-rows[r][0] // layout.CHUNK_BITS) for r in layout.CHUNKED}
         chunked = {r: lanes[r] * layout.CHUNK_BITS for r in layout.CHUNKED}
-        if WB == C:
+        shared = shared_regions(cfg)
+        kw = layout.chunk_shift(rows[Region.WEIGHT][0])     # log2 host words per weight row
+        if not shared:
             wgt = [memory(f"wgt_{j}", chunked[Region.WEIGHT], cfg.weight_words // C)
                    for j in range(C)]
         else:       # one single-ported memory (hw/spram.py): the compact loader's
             m.submodules.wgt_0 = wgt_mem = SinglePortMemory(
-                chunked[Region.WEIGHT], cfg.weight_words,
+                chunked[Region.WEIGHT], weight_rows(cfg),
                 granularity=layout.CHUNK_BITS if lanes[Region.WEIGHT] > 1 else None)
         mask = memory("mask", cfg.group_bits, cfg.mask_words)
         # The parameter rows (OW·53 bits) are split into memories of PARAM_LANES host words
@@ -199,8 +227,9 @@ class Core(wiring.Component):
                    for g in range(0, lanes[Region.PARAM], PARAM_LANES)]
         params = [memory(f"param_{n}", len(g) * layout.CHUNK_BITS, rows[Region.PARAM][1])
                   for n, g in enumerate(pgroups)]
-        desc_mem = memory("desc", chunked[Region.DESC], cfg.max_layers)
-        count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
+        if not shared:
+            desc_mem = memory("desc", chunked[Region.DESC], cfg.max_layers)
+            count = memory("count", COUNTER_BITS, cfg.max_layers * len(COUNTERS))
 
         act_r = [mem.read_port() for mem in act]
         act_w = [mem.write_port() for mem in act]
@@ -209,7 +238,7 @@ class Core(wiring.Component):
         def chunk_port(mem, region):
             return mem.write_port(granularity=layout.CHUNK_BITS if lanes[region] > 1 else None)
 
-        if WB == C:
+        if not shared:
             wgt_r = [mem.read_port() for mem in wgt]
             wgt_w = [chunk_port(mem, Region.WEIGHT) for mem in wgt]
         else:
@@ -220,8 +249,9 @@ class Core(wiring.Component):
                    for mem, g in zip(params, pgroups)]
         # The rows' bits (the padding to whole host words is never read: it reads as 0).
         param_data = Cat(port.data for port in param_r)[:rows[Region.PARAM][0]]
-        desc_r, desc_w = desc_mem.read_port(), chunk_port(desc_mem, Region.DESC)
-        count_r, count_w = count.read_port(), count.write_port()
+        if not shared:
+            desc_r, desc_w = desc_mem.read_port(), chunk_port(desc_mem, Region.DESC)
+            count_r, count_w = count.read_port(), count.write_port()
 
         # -- host bus -----------------------------------------------------------------------
         # Seven register stages, one command per cycle, and a response FIFO. Q holds the
@@ -293,6 +323,7 @@ class Core(wiring.Component):
                                   | (cmd.write & (cmd.region == Region.COUNT))
                                   | (cmd.write & (cmd.region == Region.CTRL) & (cmd.index != 0))),
                      k_idle.eq((cmd.region < Region.COUNT)
+                               | ((cmd.region == Region.COUNT) if shared else 0)
                                | (cmd.write & (cmd.region == Region.CTRL)))]
         # K: a word with bits beyond its region's width is refused too. Whether it has them
         # (an OR over up to 64 bits of the data word) is worked out in Q per width.
@@ -342,15 +373,27 @@ class Core(wiring.Component):
         d_at = {("act", b): (reg[:IW], reg[IW:IW + dw], reg[IW + dw])
                 for b, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw],
                                                       k_cmd.region[0]), NB, "d_at_act"))}
-        d_at.update({("wgt", j): (reg[:IW], reg[IW:])
-                     for j, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw]), WB,
+        # The weight memory's host word: the weights' index, or that of a region it shares
+        # (shared_regions: the offsets keep a word's lane in the index's low bits).
+        k_windex, k_wregion = k_cmd.index, k_cmd.region == Region.WEIGHT
+        if shared:
+            k_windex = Signal(max(IW, ((weight_rows(cfg) << kw) - 1).bit_length()))
+            m.d.comb += k_windex.eq(k_cmd.index)
+            for region, offset in shared.items():
+                with m.If(k_cmd.region == region):
+                    m.d.comb += k_windex.eq(k_cmd.index + offset)
+            k_wregion = k_cmd.region.matches(Region.WEIGHT, *shared)
+        WIW = len(k_windex)
+        d_at.update({("wgt", j): (reg[:WIW], reg[WIW:])
+                     for j, reg in enumerate(copies(m, Cat(k_windex, k_cmd.data[:dw]), WB,
                                                     "d_at_wgt"))})
         k_hb, _ = lane(k_cmd.index, NB)
         k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
         k_wb, _ = lane(k_wrow, WB)
         k_prow, k_planes, _ = chunk(k_cmd.index, k_cmd.data, Region.PARAM)
-        drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
-        _, k_dlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.DESC)
+        if not shared:
+            drow, _, dword = chunk(d_cmd.index, d_cmd.data, Region.DESC)
+            _, k_dlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.DESC)
         k_act = k_cmd.region.matches(Region.ACT0, Region.ACT1)
         k_flag = k_cmd.region.matches(Region.FLAG0, Region.FLAG1)
         for b in range(NB):
@@ -368,7 +411,7 @@ class Core(wiring.Component):
                 ]
         for j in range(WB):
             wgt_en = strobe(f"wgt_{j}", lanes[Region.WEIGHT],
-                            Mux((k_wb == j) & (k_cmd.region == Region.WEIGHT), k_wlanes, 0),
+                            Mux((k_wb == j) & k_wregion, k_wlanes, 0),
                             ("wgt", j))
             wrow, _, wword = chunk(*d_at["wgt", j], Region.WEIGHT)
             _, wa = lane(wrow, WB)
@@ -376,18 +419,20 @@ class Core(wiring.Component):
                 m.d.comb += [wgt_r[j].addr.eq(wa), wgt_r[j].en.eq(1), wgt_w[j].addr.eq(wa),
                              wgt_w[j].data.eq(wword), wgt_w[j].en.eq(wgt_en)]
         with m.If(~busy_at["misc"]):
-            m.d.comb += [
-                mask_r.addr.eq(d_cmd.index), desc_r.addr.eq(drow),
-                mask_r.en.eq(1), desc_r.en.eq(1),
-            ]
+            m.d.comb += [mask_r.addr.eq(d_cmd.index), mask_r.en.eq(1)]
+            if not shared:
+                m.d.comb += [desc_r.addr.eq(drow), desc_r.en.eq(1)]
         m.d.comb += [
             mask_w.addr.eq(d_cmd.index), mask_w.data.eq(d_cmd.data),
             mask_w.en.eq(strobe("mask", 1, k_cmd.region == Region.MASK)),
-            desc_w.addr.eq(drow), desc_w.data.eq(dword),
-            desc_w.en.eq(strobe("desc", lanes[Region.DESC],
-                                Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
-            count_r.addr.eq(d_cmd.index), count_r.en.eq(1),
         ]
+        if not shared:
+            m.d.comb += [
+                desc_w.addr.eq(drow), desc_w.data.eq(dword),
+                desc_w.en.eq(strobe("desc", lanes[Region.DESC],
+                                    Mux(k_cmd.region == Region.DESC, k_dlanes, 0))),
+                count_r.addr.eq(d_cmd.index), count_r.en.eq(1),
+            ]
         # Each parameter memory has registers of its own for its address (read and write) and
         # the host's data word: the output stage's param_addr and the host's row, both taking
         # the next values (the read port keeps its latency), and its copy of busy, which
@@ -474,15 +519,14 @@ class Core(wiring.Component):
             Region.PARAM: staged([{n: p_lanes[n] for n in g} for g in pgroups], param_lo_hi,
                                  "param"),
         }
-        candidates = {
-            Region.MASK: raw(mask_r.data, "mask"),
-            Region.DESC: select(lane_of(f_index[Region.DESC], Region.DESC)[0],
-                                lanes_of(raw(desc_r.data, "desc"), Region.DESC)),
-            Region.COUNT: raw(count_r.data, "count"),
-            Region.CTRL: select(f_index[Region.CTRL],
-                                [raw(Cat(busy, done, error, Const(0, 5), run_cycles), "status")]
-                                + info),
-        }
+        candidates = {Region.MASK: raw(mask_r.data, "mask")}
+        if not shared:
+            candidates[Region.DESC] = select(lane_of(f_index[Region.DESC], Region.DESC)[0],
+                                             lanes_of(raw(desc_r.data, "desc"), Region.DESC))
+            candidates[Region.COUNT] = raw(count_r.data, "count")
+        candidates[Region.CTRL] = select(
+            f_index[Region.CTRL],
+            [raw(Cat(busy, done, error, Const(0, 5), run_cycles), "status")] + info)
         # A buffer's read port has the buffer in its address: ACT0 and ACT1 (FLAG0, FLAG1)
         # read the same data registers and share G's word.
         candidates[Region.ACT0] = select(lane(f_index[Region.ACT0], NB)[0],
@@ -494,6 +538,17 @@ class Core(wiring.Component):
                    for region in candidates}
         m.d.sync += [g_words[region].eq(value) for region, value in candidates.items()]
         g_words.update(g_late)
+        if shared:
+            # The shared regions read the weight memory's word; a descriptor's words past its
+            # row's width read 0 (never written by the sequencer, they hold anything).
+            width = rows[Region.DESC][0]
+            g_dmask = Signal(layout.CHUNK_BITS)
+            m.d.sync += g_dmask.eq(select(
+                lane_of(f_index[Region.DESC], Region.DESC)[0],
+                [(1 << min(max(width - n * layout.CHUNK_BITS, 0), layout.CHUNK_BITS)) - 1
+                 for n in range(1 << layout.chunk_shift(width))]))
+            g_words[Region.DESC] = g_late[Region.WEIGHT] & g_dmask
+            g_words[Region.COUNT] = g_late[Region.WEIGHT]
         g_words[Region.ACT1], g_words[Region.FLAG1] = g_words[Region.ACT0], g_words[Region.FLAG0]
         with m.Switch(g_region):
             for region, g_word in g_words.items():
@@ -522,8 +577,28 @@ class Core(wiring.Component):
         store = Signal(range(len(COUNTERS) + 1))
         # The count memory's write address, a register: the layer's first counter's row from
         # DECODE on, counting up as STORE writes.
-        count_addr = Signal.like(count_w.addr)
-        m.d.comb += count_w.addr.eq(count_addr)
+        count_addr = Signal(range(cfg.max_layers * len(COUNTERS)))
+        count_data, count_en = Signal(COUNTER_BITS), Signal()
+        # The descriptor's row the sequencer reads (more than one when it lies in the weight
+        # memory's narrower rows).
+        part = Signal(range(1 << (layout.chunk_shift(rows[Region.DESC][0]) - kw)))
+        part_next = Signal.like(part)       # the row read in this cycle
+        if not shared:
+            m.d.comb += [count_w.addr.eq(count_addr), count_w.data.eq(count_data),
+                         count_w.en.eq(count_en)]
+        else:
+            # The sequencer reaches the weight memory while the loader is idle: a
+            # descriptor's rows (part) as it loads one, a counter's lane as it stores one.
+            drow = shared[Region.DESC] >> kw
+            seq_addr, seq_read = Signal.like(wgt_r[0].addr), Signal()
+            m.d.comb += seq_addr.eq(Mux(seq_read, drow + Cat(part_next, layer),
+                                        (shared[Region.COUNT] >> kw) + (count_addr >> kw)))
+            m.d.sync += part.eq(part_next)
+            with m.If(busy_at["wgt", 0]):
+                m.d.comb += [wgt_r[0].addr.eq(seq_addr), wgt_r[0].en.eq(seq_read),
+                             wgt_w[0].addr.eq(seq_addr),
+                             wgt_w[0].data.eq(Cat(*[count_data] * (1 << kw))),
+                             wgt_w[0].en.eq(Mux(count_en, 1 << count_addr[:kw], 0))]
 
         with m.If(busy):
             m.d.sync += run_cycles.eq(run_cycles + 1)
@@ -559,14 +634,31 @@ class Core(wiring.Component):
                     m.d.comb += busy_clr.eq(1)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.comb += desc_r.addr.eq(layer)
+                    if shared:
+                        m.d.comb += seq_read.eq(1)
+                    else:
+                        m.d.comb += desc_r.addr.eq(layer)
                     m.next = "DECODE"
             with m.State("DECODE"):
-                m.d.sync += [desc.eq(desc_r.data), out_desc.eq(desc_r.data),
-                             in_buf.eq(layer[0]), busy_time.eq(0),
-                             last_write.eq(0), count_addr.eq(lut_mul(layer, len(COUNTERS)))]
-                m.d.comb += decode.eq(1)
-                m.next = "CHECK"
+                if shared:          # one weight row a cycle
+                    width = len(wgt_r[0].data)
+                    with m.Switch(part):
+                        for n in range(1 << len(part)):
+                            with m.Case(n):
+                                m.d.sync += [reg.as_value()[n * width:(n + 1) * width]
+                                             .eq(wgt_r[0].data) for reg in (desc, out_desc)]
+                    loaded = part == (1 << len(part)) - 1
+                    with m.If(~loaded):
+                        m.d.comb += seq_read.eq(1)
+                        m.d.comb += part_next.eq(part + 1)
+                else:
+                    m.d.sync += [desc.eq(desc_r.data), out_desc.eq(desc_r.data)]
+                    loaded = 1
+                with m.If(loaded):
+                    m.d.sync += [in_buf.eq(layer[0]), busy_time.eq(0), last_write.eq(0),
+                                 count_addr.eq(lut_mul(layer, len(COUNTERS)))]
+                    m.d.comb += decode.eq(1)
+                    m.next = "CHECK"
             with m.State("CHECK"):
                 with m.If(desc.mode != layout.MODE_INT8):
                     m.d.sync += [done.eq(1), error.eq(1)]
@@ -584,7 +676,7 @@ class Core(wiring.Component):
                 for i, name in enumerate(COUNTERS):
                     with m.If(store == i):
                         value = last_write if name == "busy_cycles" else counters[name].value
-                        m.d.comb += [count_w.data.eq(value), count_w.en.eq(1)]
+                        m.d.comb += [count_data.eq(value), count_en.eq(1)]
                 m.d.sync += [store.eq(store + 1), count_addr.eq(count_addr + 1)]
                 with m.If(store == len(COUNTERS) - 1):
                     m.d.sync += layer.eq(layer + 1)

@@ -17,7 +17,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 from torch import nn
 
 from hw.compact_output import CompactOutput
-from hw.core import bus_layouts
+from hw.core import bus_layouts, shared_regions
 from hw.pe_array import PEArray
 from sw import compile_model, layout
 from sw.golden import forward
@@ -309,7 +309,8 @@ async def test_wide_rows_read_back(dut):
 @cocotb.test()
 async def test_memories_refused_while_running(dut):
     """While a run is in progress every memory access and a second run command are refused
-    and change nothing; the run's outputs are still exact."""
+    and change nothing (the counters may be read, unless they lie in the weight memory:
+    hw.core.shared_regions); the run's outputs are still exact."""
     cfg, seed, bus = await start(dut)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Conv2d(3, cfg.rows, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -330,8 +331,9 @@ async def test_memories_refused_while_running(dut):
         (True, Region.MASK, 0, image.masks[0] ^ 1), (False, Region.MASK, 0, 0),
         (True, Region.ACT0, 0, 0x55), (False, Region.ACT1, 0, 0),
         (True, Region.PARAM, 0, 0), (True, Region.WEIGHT, 0, 0),
-        (True, Region.DESC, 0, 0), (True, Region.CTRL, 0, layout.run_word(n, True, 0)),
-    ]:
+        (True, Region.DESC, 0, 0), (False, Region.DESC, 0, 0),
+        (True, Region.CTRL, 0, layout.run_word(n, True, 0)),
+    ] + ([(False, Region.COUNT, 0, 0)] if shared_regions(cfg) else []):
         assert layout.unpack_status(await bus.read(Region.CTRL, 0))["busy"]
         _, err = await bus.access(write, region, index, value)
         assert err, (write, Region(region).name, index)
@@ -368,8 +370,8 @@ async def test_weight_sparsity_alone(dut):
 async def test_output_paced_layers(dut):
     """Layers of one slot per block, where the output stage sets the pace and the PE array's
     queue is full: exact results. CHW layers of fewer output channels than rows take only
-    their channels' requantization steps (hw/output.py): with R/OW ≥ 4 fewer cycles than R/OW
-    a block."""
+    their channels' requantization steps (hw/output.py; hw/compact_output.py: their values):
+    fewer cycles a block than with all R channels (for R/OW ≥ 4)."""
     cfg, seed, bus = await start(dut)
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -383,7 +385,9 @@ async def test_output_paced_layers(dut):
     program = compile_model(model, x, config=cfg)
     plans = layout.plan(program)
     assert [p.desc["out_hwc"] for p in plans[:3]] == [0, 0, 0]
-    U = cfg.rows // cfg.out_words
+    # A block's output time with all R channels: R/OW steps, or CompactOutput.block_cycles.
+    U = (CompactOutput.block_cycles(cfg) if cfg.output == "compact"
+         else cfg.rows // cfg.out_words)
     for skip in (False, True):
         counts = await check_program(bus, program, x, skip=skip)
         if U >= 4 and not skip:
