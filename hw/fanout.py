@@ -8,8 +8,10 @@ long wire is then the copies' input, with nothing but a flip-flop at either end.
 Yosys merges flip-flops with the same input, clock and reset into one (``opt_merge``), so the
 copies carry the ``keep`` attribute, reset-less (a reset would be a multiplexer Yosys leaves in
 front of a kept flip-flop). Amaranth puts attributes on the signal, not on its flip-flop, so
-:data:`YOSYS_KEEP_COPIES`, which every synthesis script runs right after reading the design,
-moves it there. Without it the design is the same, only slower: the copies merge into one.
+:data:`YOSYS_KEEP_COPIES`, which the synthesis scripts run right after reading the design
+for ECP5 (``scripts/synth.py``: ``Target.keep_copies``), moves it there. Without it the design
+is the same, only slower on a large chip: the copies merge into one, as they do on the small
+iCE40UP5K, whose logic cells are scarcer than its short wires.
 A register of the design's own that takes the same value (say, the counter whose next value
 the copies take) merges into one of the copies just the same, and its consumers then reach
 for that copy across the chip: give it ``keep`` too (:data:`KEEP`).

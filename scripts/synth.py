@@ -72,11 +72,16 @@ class Target:
     platform: str  # "module:Class" in amaranth_boards
     synth_opts: tuple
     mhz: float  # default clock constraint of the core domain
+    # Keep register copies apart (hw/fanout.py: YOSYS_KEEP_COPIES). On the ECP5-85F they take
+    # wires across the die off the critical paths at 100 MHz. The iCE40UP5K is small, its clock
+    # slow, and its logic cells what it lacks: there the copies merge back into one register.
+    keep_copies: bool = True
 
 
 TARGETS = {
     "ecp5": Target("amaranth_boards.ulx3s:ULX3S_85F_Platform", (), 100.0),
-    "up5k": Target("amaranth_boards.icebreaker:ICEBreakerPlatform", ("-dsp",), 30.0),
+    "up5k": Target("amaranth_boards.icebreaker:ICEBreakerPlatform", ("-dsp",), 30.0,
+                   keep_copies=False),
 }
 
 # Environment variable Amaranth's build scripts read -> YoWASP executable.
@@ -321,9 +326,10 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     of :data:`TARGETS`. Build files (Yosys log ``top.rpt``, nextpnr log ``top.tim`` and
     ``report.json``) go into ``build_dir``. ``mhz`` overrides the clock constraint;
     ``overrides`` are further Amaranth toolchain overrides (a ``script_after_read`` runs after
-    :data:`hw.fanout.YOSYS_KEEP_COPIES`, which keeps register copies apart, and
-    :data:`YOSYS_HIDE_ELEMENT_WIRES`). ``time_limit`` (seconds) stops the tools when they take
-    longer (:func:`run_build_script`; :class:`BuildTimeout`).
+    :data:`hw.fanout.YOSYS_KEEP_COPIES`, which keeps register copies apart where the target
+    asks for it (``Target.keep_copies``), and :data:`YOSYS_HIDE_ELEMENT_WIRES`).
+    ``time_limit`` (seconds) stops the tools when they take longer
+    (:func:`run_build_script`; :class:`BuildTimeout`).
 
     Keys: ``lut``, ``ff``, ``dsp``, ``bram`` (+ ``*_avail``), on ``up5k`` also ``lc``,
     ``carry``, ``spram``; on ``ecp5`` also ``alu54``, ``lutram``, ``bram_outreg``
@@ -351,7 +357,7 @@ def synthesize(top_factory, target, build_dir, *, mhz=None, synth_opts=(), nextp
     platform = _platform(target, mhz)
     overrides = dict(overrides or {})
     overrides["script_after_read"] = "\n".join(
-        [YOSYS_KEEP_COPIES, YOSYS_HIDE_ELEMENT_WIRES,
+        [*([YOSYS_KEEP_COPIES] if spec.keep_copies else []), YOSYS_HIDE_ELEMENT_WIRES,
          *filter(None, [overrides.get("script_after_read")])])
     plan = platform.build(
         top, name=name, do_build=False,

@@ -1,5 +1,5 @@
 """hw/fanout.py: copies hold their input's value a cycle later, and Yosys keeps them apart only
-with YOSYS_KEEP_COPIES (the command every synthesis script runs)."""
+with YOSYS_KEEP_COPIES (the command the synthesis scripts run for ECP5)."""
 
 import re
 import subprocess
