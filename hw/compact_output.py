@@ -6,11 +6,14 @@ time and without a DSP block (``Config.output = "compact"``).
 A block is handled in two phases, one after the other:
 
 * **requantize**: each of the block's values (conv: ``R × C``, only the rows with a channel;
-  fc: ``R`` column sums) in turn: its parameters are read, ``x = acc + bias`` is registered, the
-  product ``x·m`` is built four bits of ``m`` a cycle (shift-and-add in logic), then rounded,
-  shifted, rectified and saturated into the result buffer ``res`` — 7 cycles a value, the
-  rounding and saturation of one overlapping the next one's product. The block is accepted
-  (``i.ready``, a register) as its last value is read.
+  fc: ``R`` column sums) in turn: its parameters are read, ``x = acc + bias`` is registered (fc:
+  the row's ``C`` accumulators added one a cycle), the product ``x·m`` is built four bits of
+  ``m`` a cycle (shift-and-add in logic), then rounded, shifted, rectified and saturated into
+  the result buffer ``res`` — 7 cycles a value (fc: ``6 + C``), the rounding and saturation of
+  one overlapping the next one's product. The accumulators are read in their order, each from
+  ``acc[0]`` while the PE array rotates the block one place a read (``i_step``,
+  :class:`hw.pe_array.PEArray`'s ``o_step``): no multiplexer selects among them. The block is
+  accepted (``i.ready``, a register) as its last value is read.
 * **write**: one output word a cycle from ``res`` (and, pooled, the first block's horizontal
   maxima ``pbuf`` and the left half of a pooled word ``hold``) on lane ``wr[0]``; the other
   lanes stay idle. The word addresses are kept incrementally from bases worked out while the
@@ -22,6 +25,7 @@ So a block takes about ``7·values + words`` cycles, where :class:`~hw.output.Ou
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
+from amaranth.lib.wiring import Out
 
 from sw.layout import KIND_FC, param_steps
 
@@ -52,7 +56,7 @@ class CompactOutput(wiring.Component):
 
     def __init__(self, config):
         self.config = config
-        super().__init__(output_members(config))
+        super().__init__({**output_members(config), "i_step": Out(1)})
 
     def elaborate(self, platform):
         cfg = self.config
@@ -104,13 +108,9 @@ class CompactOutput(wiring.Component):
         lanes = Array(self.param_data[w] for w in range(OW))
         par = lanes[lane_w]
 
-        accs = Array(i.payload.acc[k] for k in range(R * C))
-        # the fc column sum of row r
-        row_acc = [Array(i.payload.acc[rr * C + jj] for rr in range(R))[r] for jj in range(C)]
-        fsum = row_acc[0]
-        for jj in range(1, C):
-            fsum = (fsum + row_acc[jj])[:32].as_signed()
-        x_sel = Mux(fc, fsum, accs[Cat(j, r) if C > 1 else r])
+        # The values are taken in the order of the block's accumulators, r·C + j, each from
+        # acc[0] as the PE array rotates them (i_step; hw/pe_array.py).
+        head = i.payload.acc[0]
 
         x = Signal(signed(32))
         mult = Signal(len(par.mult))
@@ -141,16 +141,20 @@ class CompactOutput(wiring.Component):
                     m.d.sync += phase.eq(1)
                 with m.Case(1):             # read,
                     m.d.sync += phase.eq(2)
-                with m.Case(2):             # and here: x = acc + bias
-                    m.d.sync += [x.eq((x_sel + par.bias)[:32]), mult.eq(par.mult),
-                                 shift.eq(par.shift), prod.eq(0), dn.eq(DIGITS - 1),
-                                 phase.eq(3)]
-                    with m.If(last_value):
-                        m.d.comb += self.i_ready_next.eq(1)
+                with m.Case(2):             # and here: x = acc + bias (fc: + the row's C
+                    m.d.comb += self.i_step.eq(1)   # columns, one a cycle, j counting them)
+                    m.d.sync += x.eq((Mux(fc & (j != 0), x, par.bias) + head)[:32])
+                    with m.If(fc & (j != C - 1)):
+                        m.d.sync += j.eq(j + 1)
+                    with m.Else():
+                        m.d.sync += [mult.eq(par.mult), shift.eq(par.shift), prod.eq(0),
+                                     dn.eq(DIGITS - 1), phase.eq(3)]
+                        with m.If(last_value):
+                            m.d.comb += self.i_ready_next.eq(1)
                 with m.Default():           # prod = prod·2^D + digit·x
                     m.d.sync += [prod.eq((prod << D) + dx), dn.eq(dn - 1)]
                     with m.If(dn == 0):
-                        m.d.sync += [p_valid[0].eq(1), p_r[0].eq(r), p_j[0].eq(j),
+                        m.d.sync += [p_valid[0].eq(1), p_r[0].eq(r), p_j[0].eq(Mux(fc, 0, j)),
                                      p_s[0].eq(shift), phase.eq(0)]
                         with m.If(last_value):
                             m.d.sync += busy.eq(0)

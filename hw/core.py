@@ -162,6 +162,8 @@ class Core(wiring.Component):
         wiring.connect(m, loader.o, pe.i)
         wiring.connect(m, pe.o, out.i)
         m.d.comb += pe.o_ready_next.eq(out.i_ready_next)
+        if cfg.output == "compact":
+            m.d.comb += pe.o_step.eq(out.i_step)
         # The loader's credit comes back through a register when the output stage takes a
         # block from the PE array.
         m.d.sync += loader.block_done.eq(out.i.valid & out.i.ready)

@@ -28,6 +28,13 @@ block always finds a free shadow. ``o.valid`` and ``o.payload`` are registers.
 ``o.ready`` has in the next one (the output stage knows it). The PEs' copies of the queue's
 decisions are worked out from it, so ``o.ready`` itself drives only the queue's counter and its
 tags.
+
+With the compact output stage (``Config.output = "compact"``), which takes one value at a time,
+the array also has ``o_step``: in a cycle in which it is high (and no block moves into the
+head), the head block's accumulators rotate by one, ``acc[k] ← acc[(k + 1) mod R·C]``, so that
+the value the output stage wants next is always ``acc[0]``. That saves the output stage an
+``R·C``-way multiplexer of 32-bit values; each head register gains an input on the
+multiplexer in front of it, which its load already needs.
 """
 
 import itertools
@@ -61,11 +68,14 @@ class PEArray(wiring.Component):
 
     def __init__(self, config):
         self.config = config
-        super().__init__({
+        members = {
             "i": In(stream.Signature(slot_layout(config), always_ready=True)),
             "o": Out(stream.Signature(block_layout(config))),
             "o_ready_next": In(1),
-        })
+        }
+        if config.output == "compact":
+            members["o_step"] = In(1)
+        super().__init__(members)
 
     def elaborate(self, platform):
         cfg = self.config
@@ -160,4 +170,7 @@ class PEArray(wiring.Component):
                 if q + 1 < Q:
                     with m.Elif(pc.shift):
                         m.d.sync += shadow[q].acc[k].eq(shadow[q + 1].acc[k])
+                if q == 0 and cfg.output == "compact":
+                    with m.Elif(self.o_step):
+                        m.d.sync += shadow[0].acc[k].eq(shadow[0].acc[(k + 1) % N])
         return m

@@ -158,7 +158,16 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
     R, C, NB = cfg.rows, cfg.cols, cfg.act_banks
     bl = block_layout(cfg)
     desc = pack(descriptor_layout(cfg), plan.desc)
-    payloads = [pack(bl, {"acc": [int(v) for v in acc], "tag": tag}) for tag, acc in blocks]
+    compact = cfg.output == "compact"
+
+    def payload(k, rot):
+        """Block k's payload, its accumulators rotated by ``rot`` places as the PE array
+        rotates them for the compact output stage's i_step (hw/pe_array.py)."""
+        tag, acc = blocks[k]
+        acc = [int(v) for v in acc]
+        return pack(bl, {"acc": acc[rot % len(acc):] + acc[:rot % len(acc)], "tag": tag})
+
+    rot = 0                  # i_step cycles seen with the current block
     lanes = _lanes(dut, cfg)
     written = {}
     k = 0
@@ -183,7 +192,7 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
         # first cycle, when the layer's desc arrives
         valid = cycles > 1 and k < len(blocks) and (holding or rng.random() < p_valid)
         dut.i__valid.value = int(valid)
-        dut.i__payload.value = payloads[k] if k < len(blocks) else 0
+        dut.i__payload.value = payload(k, rot) if k < len(blocks) else 0
         await ReadOnly()
         _state["paddr"] = int(dut.param_addr.value)
         banks, nflag = set(), 0
@@ -208,8 +217,12 @@ async def run_layer(dut, cfg, plan, image, epsilon, blocks, expected, p_valid, r
             f"{name}: i.ready {ready}, announced {announced} by i_ready_next"
         announced = int(dut.i_ready_next.value)
         holding = valid and not ready
+        if compact and int(dut.i_step.value):
+            assert valid, f"{name}: i_step without a block"
+            rot += 1
         if valid and int(dut.i__ready.value):
             k += 1
+            rot = 0
             accepted_at.append(cycles)
         if valid:
             idle_since = None

@@ -12,8 +12,9 @@ SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_cha
 TOP = "pe_array"
 
 
-#: One shadow: the queue of the up5k build (Config.shadows).
-SHADOW1 = SMALL.replace(shadows=1)
+#: As the up5k build: one shadow (its queue, Config.shadows), and the compact output stage's
+#: o_step, which rotates the head block.
+SHADOW1 = SMALL.replace(shadows=1, output="compact")
 
 
 @pytest.fixture(scope="module", params=[SMALL, Config(), SHADOW1],
