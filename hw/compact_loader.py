@@ -1,6 +1,6 @@
 """A compact loader for small FPGAs: the same ports, slots and counters as :class:`hw.loader.Loader`
 (docs/ARCHITECTURE.md; ``sw/schedule.py`` counts what it issues), in less logic: on the ``up5k``
-configuration 1,952 LUTs and 1,028 flip-flops where :class:`~hw.loader.Loader` takes 2,454 and
+configuration 1,238 LUTs and 693 flip-flops where :class:`~hw.loader.Loader` takes 2,454 and
 2,695 (results/synth.json), one flag read port per bank instead of ``Kmax``, and one weight
 read a cycle (``Config.loader = "compact"``).
 
@@ -13,7 +13,7 @@ issue through one row register:
 ::
 
     S0 (row walk, flag/mask read) ─▶ S1 (row's slot mask) ─▶ RB (issue: one slot per cycle,
-    act/weight read) ─▶ D (the slot formed) ─▶ F (3 slots; a block's last slot is sealed) ─▶ o
+    act/weight read) ─▶ D (the slot formed) ─▶ F (the slot on o, until its last bit is known) ─▶ o
 
 * **S0** walks the rows of the layer in the order of the slots (conv: ``for cog, for y, for xg,
   for ci, for ky``, with pooling the two rows of a pool window back to back; fc: ``for cog, for
@@ -28,11 +28,13 @@ issue through one row register:
   its ``C`` weight words one a cycle, bank ``C − 1`` last, as it issues; so at most one weight
   read port is enabled in any cycle, and a weight word is used in the cycle after its read
   (the core keeps the weights in one single-ported memory: the SPRAMs of an iCE40 UltraPlus).
-* **D** forms the slot from the read data. **F** holds up to three slots: a slot leaves only when
-  it is known whether it is its block's last (a later slot was formed, or the block's end
-  sealed it); a block with no issued slot becomes one ``zero`` slot (``first = last = 1``,
-  ``act = wgt = 0``). A block's last slot leaves only while fewer than ``credits`` blocks are
-  outstanding (the same credit protocol as :class:`~hw.loader.Loader`: ``block_done`` pulses).
+* **D** forms the slot from the read data. **F** holds one slot, which leaves only when it is
+  known whether it is its block's last: it ended its block's last row, or D holds the item after
+  it (a slot of the same block, or the block's end, which seals it). A block with no issued slot
+  becomes one ``zero`` slot (``first = last = 1``, ``act = wgt = 0``). A block's last slot
+  leaves only while fewer than ``credits`` blocks are outstanding (the same credit protocol as
+  :class:`~hw.loader.Loader`: ``block_done`` pulses). While F cannot take D's item, D holds it
+  and RB issues no read, so the read data stays on the memories' outputs.
 
 Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming;
 a row with nothing to issue costs one scan cycle, hidden when the row before it has at least two
@@ -277,7 +279,7 @@ class CompactLoader(wiring.Component):
         # C−1 as it issues.
         fph = Signal(range(C))              # the fc slot's next weight bank
         fetch = Signal()
-        m.d.comb += fetch.eq(rb_valid & rb_mask.any() & fc & (fph != C - 1))
+        m.d.comb += fetch.eq(rb_valid & can_issue & rb_mask.any() & fc & (fph != C - 1))
         with m.If(fetch):
             m.d.sync += fph.eq(fph + 1)
         issue = Signal()
@@ -359,12 +361,15 @@ class CompactLoader(wiring.Component):
         d_lane = [Signal(range(max(C, 2)), name=f"d_lane_{j}") for j in range(C)]
         d_kx = Signal(range(W))
         d_wbank = Signal(range(max(C, 2)))
-        m.d.sync += [d_valid.eq(issue | end_only), d_slot.eq(issue),
-                     d_end.eq(rb.last & rb_free & rb_valid), d_fc.eq(fc),
-                     d_tag.cog.eq(rb.cog), d_tag.y.eq(rb.y), d_tag.xg.eq(rb.xg),
-                     d_ok.eq(kx_ok), d_kx.eq(kx_i), d_wbank.eq(wbank)]
-        m.d.sync += [d_bank[j].eq(kx_bank[j]) for j in range(C)]
-        m.d.sync += [d_lane[j].eq(kx_lane[j]) for j in range(C)]
+        # D takes RB's slot when it is empty or its own moves on to F (can_issue); else it holds
+        # its slot, whose reads then stay on the memories' outputs (no read is issued).
+        with m.If(can_issue):
+            m.d.sync += [d_valid.eq(issue | end_only), d_slot.eq(issue),
+                         d_end.eq(rb.last & rb_free & rb_valid), d_fc.eq(fc),
+                         d_tag.cog.eq(rb.cog), d_tag.y.eq(rb.y), d_tag.xg.eq(rb.xg),
+                         d_ok.eq(kx_ok), d_kx.eq(kx_i), d_wbank.eq(wbank)]
+            m.d.sync += [d_bank[j].eq(kx_bank[j]) for j in range(C)]
+            m.d.sync += [d_lane[j].eq(kx_lane[j]) for j in range(C)]
         slot = Signal(slot_layout(cfg))
         words = Array(word.as_value() for word in self.act_data)
         fc_word = words[d_kx[:lgNB] if lgNB else 0]
@@ -378,54 +383,45 @@ class CompactLoader(wiring.Component):
                 m.d.comb += slot.wgt[r * C + j].eq(Mux(d_fc, fc_w, conv_wgt.word_select(r, 8)))
         m.d.comb += slot.tag.eq(d_tag)
 
-        # -- F: formed slots, in order; the tail leaves once its block's last bit is known -----
-        # Three entries: the tail waits for the next slot, which is in D, while the head leaves.
-        FD = 3
-        f = [Signal(slot_layout(cfg), name=f"f_{n}") for n in range(FD)]
-        count = Signal(range(FD + 1))
+        # -- F: the slot on o; it leaves once its block's last bit is known -----------------------
+        # That is when D holds the item after it: a slot of the same block (it is not the last),
+        # or the block's end (it is: D's end seals it), unless it was the last slot of its
+        # block's last row (d_end). A block with no issued slot becomes one zero slot.
+        f = Signal(slot_layout(cfg))
+        full = Signal()
         blk_issued = Signal()               # the block in D has had a slot formed
         outstanding = Signal(range(self.credits + 1))
-        head = f[0]
+        seal = Signal()                     # D holds the end of F's slot's block
+        m.d.comb += seal.eq(d_valid & ~d_slot & blk_issued)
+        last = f.last | seal
         pop = Signal()
-        m.d.comb += pop.eq((count != 0) & ((count >= 2) | head.last)
-                           & (~head.last | (outstanding < self.credits)))
-        m.d.comb += can_issue.eq(count + d_valid - pop <= FD - 1)
-        m.d.comb += [self.o.valid.eq(pop), self.o.payload.eq(head)]
-        m.d.sync += outstanding.eq(outstanding + (pop & head.last) - self.block_done)
+        m.d.comb += pop.eq(full & (f.last | d_valid)
+                           & (~last | (outstanding < self.credits)))
+        m.d.comb += [self.o.valid.eq(pop), self.o.payload.eq(f), self.o.payload.last.eq(last)]
+        m.d.sync += outstanding.eq(outstanding + (pop & last) - self.block_done)
 
-        # After the pop the entries move down; D's slot (or the block's end) goes to the tail.
-        left = Signal.like(count)           # entries after the pop
-        m.d.comb += left.eq(count - pop)
-        with m.If(pop):
-            m.d.sync += [f[n].eq(f[n + 1]) for n in range(FD - 1)]
+        # D's item moves on when F is empty or leaves: a slot or a zero slot into F, or the
+        # seal, which leaves with F's slot.
+        d_take = Signal()
+        m.d.comb += [d_take.eq(d_valid & (~full | pop)), can_issue.eq(~d_valid | d_take)]
         new = Signal(slot_layout(cfg))
         m.d.comb += [new.eq(slot), new.first.eq(~blk_issued), new.last.eq(d_end)]
         zero = Signal(slot_layout(cfg))
         m.d.comb += [zero.tag.eq(d_tag), zero.first.eq(1), zero.last.eq(1)]
-        pushed = Signal()
-        with m.If(d_valid):
+        with m.If(pop):
+            m.d.sync += full.eq(0)
+        with m.If(d_take):
             with m.If(d_slot):
-                m.d.sync += blk_issued.eq(~d_end)
-                m.d.comb += pushed.eq(1)
-                for n in range(FD):
-                    with m.If(left == n):
-                        m.d.sync += f[n].eq(new)
-            with m.Elif(blk_issued):        # the block's end seals its last slot, the tail
+                m.d.sync += [f.eq(new), full.eq(1), blk_issued.eq(~d_end)]
+            with m.Elif(blk_issued):        # the seal: F's slot left with it
                 m.d.sync += blk_issued.eq(0)
-                for n in range(FD):
-                    with m.If(left == n + 1):
-                        m.d.sync += f[n].last.eq(1)
             with m.Else():                  # a block with no issued slot: one zero slot
-                m.d.comb += pushed.eq(1)
-                for n in range(FD):
-                    with m.If(left == n):
-                        m.d.sync += f[n].eq(zero)
-        m.d.sync += count.eq(left + pushed)
+                m.d.sync += [f.eq(zero), full.eq(1)]
 
         with m.If(~state_idle & ~self.start & ~run & ~s1_valid & ~rb_valid & ~d_valid
-                  & (count == 0)):
+                  & ~full):
             m.d.sync += [state_idle.eq(1), done.eq(1)]
         with m.If(self.start):
-            m.d.sync += [blk_issued.eq(0), count.eq(0), d_valid.eq(0), rb_valid.eq(0),
+            m.d.sync += [blk_issued.eq(0), full.eq(0), d_valid.eq(0), rb_valid.eq(0),
                          s1_valid.eq(0)]
         return m
