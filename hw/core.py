@@ -609,8 +609,8 @@ class Core(wiring.Component):
 
         self._connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w,
                               flag_r, flag_w, wgt_r, mask_r, param_data)
-        with m.If(Cat(lane.en for lane in out.wr).any()):
-            m.d.sync += last_write.eq(busy_time + 1)
+        with m.If(Cat(lane.en for lane in out.wr).any()):    # (landing a cycle later, or
+            m.d.sync += last_write.eq(busy_time + (cfg.output != "compact"))   # at once)
 
         # The layer has drained: a register, high from the second cycle on in which the loader
         # is done, every block the PE array got has been taken by the output stage and nothing
@@ -703,16 +703,18 @@ class Core(wiring.Component):
             # Output lanes address distinct banks; each bank takes the lane aimed at it into a
             # register of its own, which drives its block RAMs' write ports (the lanes' logic
             # and the block RAMs are far apart). A write lands a cycle after it is on its lane,
-            # long before the next layer reads the buffer.
+            # long before the next layer reads the buffer. The compact output stage's one lane
+            # is a register of a small design: its writes go to the banks at once.
             w_en = Signal(name=f"w_en_{b}")
             w_addr = Signal.like(act_w[b].addr, name=f"w_addr_{b}")
             w_data = Signal.like(act_w[b].data, name=f"w_data_{b}")
             w_flag = Signal(name=f"w_flag_{b}")
-            m.d.sync += w_en.eq(0)
+            w = m.d.comb if cfg.output == "compact" else m.d.sync
+            w += w_en.eq(0)
             for lane in out.wr:
                 with m.If(lane.en & (lane.index[:shift] == b if NB > 1 else 1)):
-                    m.d.sync += [w_en.eq(1), w_data.eq(lane.data), w_flag.eq(lane.flag),
-                                 w_addr.eq(Cat(lane.index[shift:][:abw], ~in_buf_at[b]))]
+                    w += [w_en.eq(1), w_data.eq(lane.data), w_flag.eq(lane.flag),
+                          w_addr.eq(Cat(lane.index[shift:][:abw], ~in_buf_at[b]))]
             with m.If(busy_at["act", b]):
                 m.d.comb += [act_r[b].addr.eq(Cat(loader.act_addr[b], in_buf_at[b])),
                              act_r[b].en.eq(loader.act_en[b])]
