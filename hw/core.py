@@ -127,13 +127,13 @@ class Core(wiring.Component):
     cmd : In(stream.Signature(cmd layout))
         Host bus commands: write or read one word of a region. One command per cycle is
         taken (``cmd.ready``, a register, is low only while 8 taken commands have not had
-        their response taken).
+        their response taken; with ``Config.bus = "compact"``, while one has not).
     rsp : Out(stream.Signature(rsp layout))
-        One response per command, in order, 7 cycles after the command was taken (later if
-        ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an unknown
-        region, an index out of range, a write to a read-only word, or a memory access while a
-        run is in progress; an erroneous command changes nothing. ``rsp.payload`` is a
-        register.
+        One response per command, in order, at most 7 cycles after the command was taken
+        (later if ``rsp`` stalls): the word read (0 for a write) and an error bit, set for an
+        unknown region, an index out of range, a write to a read-only word, or a memory
+        access while a run is in progress; an erroneous command changes nothing.
+        ``rsp.payload`` is a register.
     busy : Out(1)
         A run is in progress.
     """
@@ -264,42 +264,57 @@ class Core(wiring.Component):
         # and H the response, which it puts into the FIFO (see "read back" below).
         # The stages never stall (nothing fans out from rsp.ready): cmd.ready, a register, is
         # high while fewer than RSP_DEPTH commands are taken and their responses not yet.
-        RSP_DEPTH = 8
-        m.submodules.rsp_fifo = rsp_fifo = SyncFIFOBuffered(
-            width=len(self.rsp.payload.as_value()), depth=RSP_DEPTH)
+        # The compact bus (Config.bus) takes one command at a time: Q's register holds it until
+        # its response is taken, K and D use it as it is, F is the memories' outputs themselves
+        # (they hold the word read while the command stays), G's words are wires, and H holds
+        # the response on rsp (no FIFO).
+        serial = cfg.bus == "compact"
+        RSP_DEPTH = 1 if serial else 8
+        if not serial:
+            m.submodules.rsp_fifo = rsp_fifo = SyncFIFOBuffered(
+                width=len(self.rsp.payload.as_value()), depth=RSP_DEPTH)
         pending = Signal(range(RSP_DEPTH + 1))   # taken commands whose response is not out
         cmd_ready = Signal()
         take_cmd = Signal()
         q_valid = Signal()
         cmd = Signal.like(self.cmd.payload)       # Q: the command
         k_valid = Signal()
-        k_cmd = Signal.like(cmd)                  # K: the command, checked in Q
+        k_cmd = cmd if serial else Signal.like(cmd)   # K: the command, checked in Q
         k_refused = Signal()                      # K: erroneous whether busy or not (but
                                                   # for the width check, which k_bad adds)
         k_bad = Signal()                          # K: erroneous whether busy or not
         k_idle = Signal()                         # K: erroneous while busy
         d_valid = Signal()
-        d_cmd = Signal.like(cmd, attrs=KEEP)      # D: the command, decoded below (not merged
-                                                  # into the memories' copies of it, d_at)
+        d_cmd = (cmd if serial                    # D: the command, decoded below (not merged
+                 else Signal.like(cmd, attrs=KEEP))   # into the memories' copies of it, d_at)
         d_refused = Signal()                      # D: erroneous whether busy or not
         d_idle = Signal()                         # D: erroneous while busy
         d_bad = Signal()
         pop = Signal()
         pending_next = Signal.like(pending)
+        h_word = Signal.like(self.rsp.payload)    # H: the response
         m.d.comb += [
             self.cmd.ready.eq(cmd_ready),
             take_cmd.eq(self.cmd.valid & cmd_ready),
             d_bad.eq(d_refused | (d_idle & busy_at["misc"])),
-            self.rsp.valid.eq(rsp_fifo.r_rdy),
-            self.rsp.payload.eq(rsp_fifo.r_data),
-            rsp_fifo.r_en.eq(self.rsp.ready),
-            pop.eq(rsp_fifo.r_rdy & self.rsp.ready),
             pending_next.eq(pending + take_cmd - pop),
         ]
+        if serial:
+            rsp_valid = Signal()
+            m.d.comb += [self.rsp.valid.eq(rsp_valid), self.rsp.payload.eq(h_word),
+                         pop.eq(rsp_valid & self.rsp.ready)]
+        else:
+            m.d.comb += [self.rsp.valid.eq(rsp_fifo.r_rdy),
+                         self.rsp.payload.eq(rsp_fifo.r_data),
+                         rsp_fifo.r_en.eq(self.rsp.ready),
+                         pop.eq(rsp_fifo.r_rdy & self.rsp.ready)]
         m.d.sync += [pending.eq(pending_next), cmd_ready.eq(pending_next < RSP_DEPTH)]
-        m.d.sync += [q_valid.eq(take_cmd), cmd.eq(self.cmd.payload),
-                     k_valid.eq(q_valid), k_cmd.eq(cmd),
-                     d_valid.eq(k_valid), d_cmd.eq(k_cmd),
+        if serial:
+            with m.If(take_cmd):
+                m.d.sync += cmd.eq(self.cmd.payload)
+        else:
+            m.d.sync += [cmd.eq(self.cmd.payload), k_cmd.eq(cmd), d_cmd.eq(k_cmd)]
+        m.d.sync += [q_valid.eq(take_cmd), k_valid.eq(q_valid), d_valid.eq(k_valid),
                      d_refused.eq(k_bad), d_idle.eq(k_idle)]
         # After D, a command is only read back: E to G carry whether there is one, whether it
         # is erroneous (it reads 0), whether it reads, and its region; H only whether there is
@@ -312,8 +327,9 @@ class Core(wiring.Component):
 
         g_valid, g_error, g_read, g_region = later(
             later(later((d_valid, d_bad, ~d_cmd.write, d_cmd.region), "e"), "f"), "g")
-        h_valid = Signal()
-        m.d.sync += h_valid.eq(g_valid)
+        if not serial:
+            h_valid = Signal()              # the response goes into the FIFO
+            m.d.sync += h_valid.eq(g_valid)
 
         # Q: which command is acceptable, and what it touches.
         in_range = Signal()
@@ -465,6 +481,8 @@ class Core(wiring.Component):
         info = [HW_VERSION] + layout.config_words(cfg)
 
         def raw(value, name):
+            if serial:
+                return value
             reg = Signal.like(value, name=f"f_{name}")
             m.d.sync += reg.eq(value)
             return reg
@@ -538,7 +556,8 @@ class Core(wiring.Component):
                                            for b in range(NB)])
         g_words = {region: Signal.like(rdata, name=f"g_word_{int(region)}")
                    for region in candidates}
-        m.d.sync += [g_words[region].eq(value) for region, value in candidates.items()]
+        g_domain = m.d.comb if serial else m.d.sync
+        g_domain += [g_words[region].eq(value) for region, value in candidates.items()]
         g_words.update(g_late)
         if shared:
             # The shared regions read the weight memory's word; a descriptor's words past its
@@ -556,10 +575,14 @@ class Core(wiring.Component):
             for region, g_word in g_words.items():
                 with m.Case(region):
                     m.d.comb += rdata.eq(g_word)
-        h_word = Signal.like(self.rsp.payload)
-        m.d.sync += [h_word.data.eq(Mux(g_read & ~g_error, rdata, 0)),
-                     h_word.error.eq(g_error)]
-        m.d.comb += [rsp_fifo.w_en.eq(h_valid), rsp_fifo.w_data.eq(h_word)]
+        response = [h_word.data.eq(Mux(g_read & ~g_error, rdata, 0)), h_word.error.eq(g_error)]
+        if serial:                          # held on rsp until taken
+            with m.If(g_valid):
+                m.d.sync += response
+            m.d.sync += rsp_valid.eq(g_valid | (rsp_valid & ~self.rsp.ready))
+        else:
+            m.d.sync += response
+            m.d.comb += [rsp_fifo.w_en.eq(h_valid), rsp_fifo.w_data.eq(h_word)]
 
         # -- sequencer ----------------------------------------------------------------------
         run = Signal()

@@ -20,7 +20,8 @@ class ConfigError(ValueError):
     """A configuration that cannot be built or does not fit a program."""
 
 
-#: Micro-architectures of the loader and the output stage (``Config.loader``, ``Config.output``).
+#: Micro-architectures of the loader, the output stage and the host bus (``Config.loader``,
+#: ``Config.output``, ``Config.bus``).
 LOADERS = ("pipelined", "compact")
 
 
@@ -82,6 +83,11 @@ class Config:
         one flag read port per bank and one weight word per cycle, so that the weights can be
         one single-ported memory, for small FPGAs). Both issue the same slots and count the
         same; only the cycles differ.
+    bus : str
+        The host bus's micro-architecture (``hw/core.py``): ``"pipelined"`` (a command a cycle
+        through seven register stages and a response FIFO, built for 100 MHz on ECP5) or
+        ``"compact"`` (the same stages, one command at a time, with no FIFO and no copies of
+        the command or of the read data, for small FPGAs). The same commands and responses.
     """
 
     rows: int = 16
@@ -101,6 +107,7 @@ class Config:
     shadows: int = 0
     output: str = "pipelined"
     loader: str = "pipelined"
+    bus: str = "pipelined"
 
     # Numerics widths; fixed by the numerics contract (sw/numerics.py), kept here so the hardware
     # derives its port widths from the same object.
@@ -120,7 +127,7 @@ class Config:
         if not isinstance(self.shadows, int) or isinstance(self.shadows, bool) or self.shadows < 0:
             raise ConfigError(f"Config.shadows must be a non-negative integer, not "
                               f"{self.shadows!r}")
-        for name in ("output", "loader"):
+        for name in ("output", "loader", "bus"):
             if getattr(self, name) not in LOADERS:
                 raise ConfigError(f"Config.{name} must be one of "
                                   f"{', '.join(map(repr, LOADERS))}, not {getattr(self, name)!r}")
@@ -207,5 +214,5 @@ CONFIGS = {
     # RAMs, where 64 take 7).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
                    weight_words=8192, param_words=32, out_words=1, max_width=32, shadows=1,
-                   output="compact", loader="compact"),
+                   output="compact", loader="compact", bus="compact"),
 }

@@ -18,9 +18,10 @@ TOP = "core"
 
 
 #: As the up5k build: the compact loader and output stage (hw/compact_loader.py,
-#: hw/compact_output.py), one shadow per PE, and 8 rows: weight rows of two host words, which
-#: hold the descriptors and counters too (hw.core.shared_regions).
-COMPACT = SMALL.replace(rows=8, max_channels=32, loader="compact", output="compact", shadows=1)
+#: hw/compact_output.py) and host bus, one shadow per PE, and 8 rows: weight rows of two host
+#: words, which hold the descriptors and counters too (hw.core.shared_regions).
+COMPACT = SMALL.replace(rows=8, max_channels=32, loader="compact", output="compact",
+                        bus="compact", shadows=1)
 
 
 @pytest.fixture(scope="module", params=[SMALL, ROWS16, COMPACT], ids=["small", "rows16", "compact"])

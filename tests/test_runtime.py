@@ -100,6 +100,9 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="Config.loader must be one of 'pipelined', "
                                           "'compact', not 'fast'"):
         Config(loader="fast")
+    with pytest.raises(ConfigError, match="Config.bus must be one of 'pipelined', "
+                                          "'compact', not 'serial'"):
+        Config(bus="serial")
     with pytest.raises(ConfigError, match="Config.shadows must be a non-negative integer, not -1"):
         Config(shadows=-1)
     # A kernel row of 2 windows at stride 2 and kernel 3 spans 5 pixels, 3 words: 2 banks hold
