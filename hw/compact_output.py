@@ -178,7 +178,8 @@ class CompactOutput(wiring.Component):
         requant_done = Signal()             # the last value of the block reached res
         with m.If(start):
             m.d.sync += pending.eq(1)
-        m.d.comb += requant_done.eq(pending & ~busy & ~p_valid.any())
+        base_ready = Signal()               # the block's first word's address is known
+        m.d.comb += requant_done.eq(pending & ~busy & ~p_valid.any() & base_ready)
 
         # -- write ----------------------------------------------------------------------------
         pool, hwc = desc.pool, desc.out_hwc
@@ -204,9 +205,38 @@ class CompactOutput(wiring.Component):
         wch = Signal(len(desc.out_c) + R.bit_length() + 1)   # CHW: the word's channel
         x0 = Mux(pool, lut_mul(b_xg, H), lut_mul(b_xg, C))     # the block's first pixel
         k0 = lut_mul(b_cog, KB)                                  # its first channel group
-        chw_base = lut_mul(lut_mul(b_cog, R), desc.out_s) + lut_mul(row, desc.out_p) + xw
-        hwc_base = lut_mul(lut_mul(row, desc.out_w) + x0, desc.out_q) + k0
-        m.d.sync += base.eq(Mux(hwc | fc, Mux(fc, k0, hwc_base), chw_base))
+        # The base takes two products of a register and a descriptor field, built from the
+        # cycle after the block's start, one bit of the field a cycle (shift-and-add, lowest
+        # bit first, a product ending with the field's last set bit): CHW: xw + (cog·R)·out_s
+        # + row·out_p; HWC: k0 + t·out_q with t = x0 + row·out_w; fc: k0. The block's writes
+        # wait for it (only a block of few values and a large layer is ever that quick).
+        fields = (desc.out_s, desc.out_p, desc.out_w, desc.out_q)
+        ma = Signal(aw)                     # the multiplicand, a place further left a cycle
+        mb = Signal(max(len(f) for f in fields))    # the field's bits still to take
+        products = Signal(range(3))         # products still to build
+        init = Signal()
+        m.d.sync += init.eq(start)
+        with m.If(init):
+            with m.If(fc):
+                m.d.sync += [base.eq(k0), products.eq(0)]
+            with m.Elif(hwc):
+                m.d.sync += [base.eq(x0), ma.eq(row), mb.eq(desc.out_w), products.eq(2)]
+            with m.Else():
+                m.d.sync += [base.eq(xw), ma.eq(lut_mul(b_cog, R)), mb.eq(desc.out_s),
+                             products.eq(2)]
+        with m.Elif(mb != 0):
+            with m.If(mb[0]):
+                m.d.sync += base.eq(base + ma)
+            m.d.sync += [ma.eq(ma << 1), mb.eq(mb >> 1)]
+        with m.Elif(products == 2):
+            m.d.sync += products.eq(1)
+            with m.If(hwc):                 # t done: base = k0 + t·out_q
+                m.d.sync += [ma.eq(base), base.eq(k0), mb.eq(desc.out_q)]
+            with m.Else():
+                m.d.sync += [ma.eq(row), mb.eq(desc.out_p)]
+        with m.Elif(products == 1):
+            m.d.sync += products.eq(0)
+        m.d.comb += base_ready.eq(~init & (products == 0))
         with m.If(requant_done):
             m.d.sync += pending.eq(0)
             with m.If(first_of_pair):

@@ -18,9 +18,10 @@ OW3 = Config(rows=12, cols=4, tile=(1, 1, 4), act_banks=4, out_words=3, max_chan
 TOP = "output_stage"
 
 
-#: hw/compact_output.py, on the up5k build's shape (one word a step) and on SMALL's.
+#: hw/compact_output.py, on the up5k build's shape (one word a step; wide enough for layers
+#: of 64×64) and on SMALL's.
 COMPACT = Config(rows=8, cols=2, tile=(1, 1, 2), act_banks=4, out_words=1, max_channels=32,
-                 max_width=16, act_words=512, weight_words=4096, output="compact")
+                 max_width=64, act_words=2048, weight_words=4096, output="compact")
 COMPACT_OW2 = SMALL.replace(output="compact")
 
 
