@@ -41,6 +41,10 @@ a row with nothing to issue costs one scan cycle, hidden when the row before it 
 slots to issue. So a fully
 skipped 3×3 group costs at most 3 cycles instead of 9.
 
+Unlike :class:`~hw.loader.Loader` it does not latch ``desc`` at ``start``: the descriptor must
+stay from ``start`` until ``done`` (the core's sequencer changes it only between layers), which
+saves a copy of it.
+
 The row's ``NB`` words must cover the columns of all its slots:
 ``ceil(((C − 1)·max_stride + max_kernel − 1) / C) + 1 ≤ NB`` (:class:`sw.config.Config` checks
 it when ``loader = "compact"``).
@@ -53,7 +57,7 @@ from sw.layout import KIND_FC
 
 from .arith import lut_mul
 from .loader import _bits, _log2, address_bits, loader_members
-from .tags import descriptor_layout, slot_layout
+from .tags import slot_layout
 
 __all__ = ["CompactLoader"]
 
@@ -80,7 +84,7 @@ class CompactLoader(wiring.Component):
         XW = _bits(2 * (cfg.max_width + C) * cfg.max_stride + 2 * KM) + 1
         m = Module()
 
-        L = Signal(descriptor_layout(cfg))
+        L = self.desc                   # held from start until done (not copied: see above)
         skip = Signal()
         fc = Signal()
         m.d.comb += fc.eq(L.kind == KIND_FC)
@@ -173,7 +177,7 @@ class CompactLoader(wiring.Component):
         m.d.comb += [self.busy.eq(~state_idle), self.done.eq(done)]
 
         with m.If(self.start):
-            m.d.sync += [L.eq(self.desc), skip.eq(self.skip), state_idle.eq(0), done.eq(0),
+            m.d.sync += [skip.eq(self.skip), state_idle.eq(0), done.eq(0),
                          run.eq(1), cog.eq(0), y.eq(0), t.eq(0), xg.eq(0), ci.eq(0), ky.eq(0),
                          g.eq(0), chan.eq(0), mbit.eq(0),
                          wrow.eq(Mux(self.desc.kind == KIND_FC, self.desc.wbase >> lgC,
