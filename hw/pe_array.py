@@ -19,7 +19,8 @@ Five pipeline stages, one slot per cycle, and no stall anywhere:
    array.
 
 Latency: a block's ``last`` slot on ``i`` in cycle ``t`` is offered on ``o`` from cycle ``t+5``
-(later if an earlier block still waits on ``o``).
+(later if an earlier block still waits on ``o``). With the compact loader (``Config.loader =
+"compact"``), whose slot register is the array's stage 0, from ``t+4``.
 Flow control by credit: ``i`` has no ``ready``; every slot is taken. The source must hold back
 a block's ``last`` slot while :meth:`credits` blocks whose last slot it sent have not yet been
 taken from ``o`` (the loader does, counting the taken blocks with a delay), so a finished
@@ -86,20 +87,24 @@ class PEArray(wiring.Component):
 
         # The slot's control bits, carried along the stages.
         ctl = data.StructLayout({"valid": 1, "first": 1, "last": 1, "tag": block_tag(cfg)})
-        # Stage 0: the slot's weights and control; each row's copy of its activations.
-        s0_wgt = Signal.like(self.i.payload.wgt)
+        # Stage 0: the slot's weights and control; each row's copy of its activations. The
+        # compact loader's slot register, next to a small array, is its stage 0 itself.
+        p = self.i.payload
         c0 = Signal(ctl)
-        act = copies(m, self.i.payload.act.as_value(), R, "act")
+        if cfg.loader == "compact":
+            s0_wgt, act = p.wgt, [p.act.as_value()] * R
+            stage0 = m.d.comb
+        else:
+            s0_wgt = Signal.like(p.wgt)
+            act = copies(m, p.act.as_value(), R, "act")
+            stage0 = m.d.sync
+            stage0 += s0_wgt.eq(p.wgt)
+        stage0 += [c0.valid.eq(self.i.valid), c0.first.eq(p.first), c0.last.eq(p.last),
+                   c0.tag.eq(p.tag)]
         # c2's control bits and the queue's decisions have a copy per PE (below): KEEP stops them
         # from merging into one of those (hw/fanout.py).
         c1, c2 = Signal(ctl), Signal(ctl, attrs=KEEP)
-        p = self.i.payload
-        m.d.sync += [
-            s0_wgt.eq(p.wgt),
-            c0.valid.eq(self.i.valid), c0.first.eq(p.first), c0.last.eq(p.last),
-            c0.tag.eq(p.tag),
-            c1.eq(c0), c2.eq(c1),
-        ]
+        m.d.sync += [c1.eq(c0), c2.eq(c1)]
         # Stages 1 and 2: the products (PE k is row k // C, column k % C).
         operands = [(act[k // C].word_select(k % C, cfg.act_bits), s0_wgt[k]) for k in range(N)]
         prod = [p[:2 * cfg.act_bits].as_signed()

@@ -12,9 +12,9 @@ SMALL = Config(rows=4, cols=2, tile=(1, 1, 2), act_banks=4, out_words=2, max_cha
 TOP = "pe_array"
 
 
-#: As the up5k build: one shadow (its queue, Config.shadows), and the compact output stage's
-#: o_step, which rotates the head block.
-SHADOW1 = SMALL.replace(shadows=1, output="compact")
+#: As the up5k build: one shadow (its queue, Config.shadows), the compact output stage's
+#: o_step, which rotates the head block, and the compact loader's slot register as stage 0.
+SHADOW1 = SMALL.replace(shadows=1, output="compact", loader="compact")
 
 
 @pytest.fixture(scope="module", params=[SMALL, Config(), SHADOW1],
