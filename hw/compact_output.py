@@ -14,13 +14,18 @@ A block is handled in two phases, one after the other:
   ``acc[0]`` while the PE array rotates the block one place a read (``i_step``,
   :class:`hw.pe_array.PEArray`'s ``o_step``): no multiplexer selects among them. The block is
   accepted (``i.ready``, a register) as its last value is read.
-* **write**: one output word a cycle from ``res`` (and, pooled, the first block's horizontal
-  maxima ``pbuf`` and the left half of a pooled word ``hold``) on lane ``wr[0]``; the other
-  lanes stay idle. The word addresses are kept incrementally from bases worked out while the
+* **write**: the rows of ``res`` (and, pooled, of the first block's horizontal maxima ``pbuf``
+  and of the left halves of pooled words ``hold``) turn, one row a cycle, through row 0, from
+  which alone the words are formed (no multiplexer selects among the rows): CHW, a word a
+  cycle; HWC and fc, a word of ``C`` rows' values of one pixel, one lane a cycle, in a pass of
+  ``R`` turns per pixel; on lane ``wr[0]`` (the other lanes stay idle). A pooled block that
+  writes nothing takes its pair maxima into ``pbuf``, or its 2×2 maxima into ``hold``, in a
+  pass of its own. The word addresses are kept incrementally from a base worked out while the
   block is requantized.
 
-So a block takes about ``7·values + words`` cycles, where :class:`~hw.output.OutputStage` takes
-``u_n``; the PE array's credit rule makes the loader wait for it.
+So a block takes about ``7·values + R`` cycles (HWC: ``+ R·pixels``), where
+:class:`~hw.output.OutputStage` takes ``u_n``; the PE array's credit rule makes the loader wait
+for it.
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
@@ -46,8 +51,10 @@ class CompactOutput(wiring.Component):
     def block_cycles(cls, config):
         """Cycles a block takes at most, from its first cycle on ``i`` to the cycle after its
         last write: per value 3 (parameters, x) + the product's digits, the last value's three
-        post stages, then up to ``R`` words and the cycle to take the next block."""
-        return config.rows * config.cols * (3 + cls._digits(config)) + 3 + config.rows + 2
+        post stages, then up to ``C`` passes of ``R`` turns (one for each HWC pixel) and the
+        cycle to take the next block."""
+        return (config.rows * config.cols * (3 + cls._digits(config)) + 3
+                + config.rows * config.cols + 2)
 
     @classmethod
     def _digits(cls, config):
@@ -79,7 +86,7 @@ class CompactOutput(wiring.Component):
         r = Signal(range(R))
         j = Signal(range(C))
         busy = Signal()                     # a block is being requantized
-        writing = Signal()                  # a block is being written
+        turning = Signal()                  # the rows turn: a block is being written (below)
         ready = Signal()
         m.d.comb += i.ready.eq(ready)
         # The block's tag, from its first cycle on i (the next block may be on i before this
@@ -94,7 +101,7 @@ class CompactOutput(wiring.Component):
         last_value = (r == rows - 1) & last_j
         start = Signal()
         pending = Signal()                  # a block's values are being requantized
-        m.d.comb += start.eq(i.valid & ~pending & ~writing & ~ready)
+        m.d.comb += start.eq(i.valid & ~pending & ~turning & ~ready)
 
         # Parameters of row r: word (pbase + cog)·S + r // OW, lane r % OW.
         pw = _clog2(cfg.param_words)
@@ -187,15 +194,23 @@ class CompactOutput(wiring.Component):
             m.d.sync += [b_cog.eq(tag.cog), b_y.eq(tag.y), b_xg.eq(tag.xg)]
         pbuf = [[Signal(act8, name=f"pbuf_{rr}_{q}") for q in range(H)] for rr in range(R)]
         hold = [[Signal(act8, name=f"hold_{rr}_{q}") for q in range(H)] for rr in range(R)]
-        pm = [[_smax3(res[rr][2 * q], res[rr][2 * q + 1], pbuf[rr][q]) for q in range(H)]
-              for rr in range(R)]
+        # The rows of res, pbuf and hold turn, a row a cycle, through row 0, where all that a
+        # word or the pooling needs is taken: row 0's pooled values.
+        pm = [_smax3(res[0][2 * q], res[0][2 * q + 1], pbuf[0][q]) for q in range(H)]
         first_of_pair = pool & ~b_y[0]
         xw = Mux(pool, b_xg >> 1, b_xg)
         to_hold = pool & ~hwc & ~fc & ~b_xg[0] & (b_xg != desc.xgs - 1)
-        # Word counters: CHW: the row wr_r; HWC/fc: the pixel wr_p and channel group wr_k.
-        wr_r = Signal(range(R))
+        # A pass turns the rows once around (tr: its turns). A write pass writes a word a turn
+        # (CHW: row 0's) or, HWC and fc, collects a word of C rows' values of one pixel (wr_p),
+        # a lane a turn, and writes it with its last lane: a pass per pixel of the block. A
+        # pooling pass writes nothing: it takes row 0's pair maxima into pbuf, or its 2×2
+        # maxima into hold, as the rows go round.
+        t_write, t_pbuf, t_hold = Signal(), Signal(), Signal()
+        tr = Signal(range(R))
         wr_p = Signal(range(C))
-        wr_k = Signal(range(KB))
+        lgC = _clog2(C)
+        lane_i = tr[:lgC] if lgC else Const(0, 1)     # HWC: the lane of row 0's value
+        wr_k = tr[lgC:]                                 # HWC: the word's channel group
         # Addresses: CHW: a = (cog·R + r)·out_s + row·out_p + xw, channel cog·R + r;
         # HWC: a = (row·out_w + x)·out_q + cog·KB + k. Bases worked out while requantizing.
         aw = max(index_width(cfg), len(desc.out_s)) + 8
@@ -238,37 +253,42 @@ class CompactOutput(wiring.Component):
             m.d.sync += products.eq(0)
         m.d.comb += base_ready.eq(~init & (products == 0))
         with m.If(requant_done):
-            m.d.sync += pending.eq(0)
-            with m.If(first_of_pair):
-                m.d.sync += [pbuf[rr][q].eq(_smax(res[rr][2 * q], res[rr][2 * q + 1]))
-                             for rr in range(R) for q in range(H)]
-            with m.Elif(to_hold):
-                m.d.sync += [hold[rr][q].eq(pm[rr][q]) for rr in range(R) for q in range(H)]
-            with m.Else():
-                m.d.sync += [writing.eq(1), wr_r.eq(0), wr_p.eq(0), wr_k.eq(0), wa.eq(base),
-                             wch.eq(lut_mul(b_cog, R))]
+            m.d.sync += [pending.eq(0), turning.eq(1), tr.eq(0), wr_p.eq(0),
+                         t_pbuf.eq(first_of_pair), t_hold.eq(~first_of_pair & to_hold),
+                         t_write.eq(~first_of_pair & ~to_hold), wa.eq(base),
+                         wch.eq(lut_mul(b_cog, R))]
+        with m.If(turning):
+            for rr in range(R):
+                m.d.sync += [res[rr][jj].eq(res[(rr + 1) % R][jj]) for jj in range(C)]
+                if rr < R - 1:
+                    m.d.sync += [pbuf[rr][q].eq(pbuf[rr + 1][q]) for q in range(H)]
+                    m.d.sync += [hold[rr][q].eq(hold[rr + 1][q]) for q in range(H)]
+            m.d.sync += [pbuf[R - 1][q].eq(Mux(t_pbuf, _smax(res[0][2 * q], res[0][2 * q + 1]),
+                                               pbuf[0][q])) for q in range(H)]
+            m.d.sync += [hold[R - 1][q].eq(Mux(t_hold, pm[q], hold[0][q])) for q in range(H)]
 
         # The word's lanes and whether it exists.
         npix = Mux(pool, H, C)
-        chw_vals, hwc_vals = [], []
+        hw_mode = hwc | fc
+        v = Mux(pool, Array(pm)[wr_p[:max(1, _clog2(H))] if H > 1 else 0],
+                Array(res[0])[wr_p])    # HWC: row 0's value of the pixel (fc: one, wr_p = 0)
+        hw_lanes = [Signal(act8, name=f"hw_lane_{c}") for c in range(C - 1)]
+        for c in range(C - 1):
+            with m.If(turning & (lane_i == c)):
+                m.d.sync += hw_lanes[c].eq(v)
+        hwc_vals = hw_lanes + [v]
+        chw_vals = []
         for c in range(C):
             if c < H:
-                pooled = Mux(b_xg[0], Array(hold[rr][c] for rr in range(R))[wr_r],
-                             Array(pm[rr][c] for rr in range(R))[wr_r])
+                pooled = Mux(b_xg[0], hold[0][c], pm[c])
             else:
-                pooled = Mux(b_xg[0], Array(pm[rr][c - H] for rr in range(R))[wr_r], 0)
-            chw_vals.append(Mux(pool, pooled, Array(res[rr][c] for rr in range(R))[wr_r]))
-            ch_r = lut_mul(wr_k, C) + c
-            hwc_v = Mux(pool, Array(Array(pm[rr][q] for q in range(H)) for rr in range(R))
-                        [ch_r][wr_p],
-                        Array(Array(res[rr][jj] for jj in range(C)) for rr in range(R))
-                        [ch_r][wr_p])          # (fc: one pixel, wr_p = 0)
-            hwc_vals.append(hwc_v)
+                pooled = Mux(b_xg[0], pm[c - H], 0)
+            chw_vals.append(Mux(pool, pooled, res[0][c]))
         k_abs = k0 + wr_k
         xw0 = lut_mul(xw, C)                # CHW: the word's first pixel
         vals, valid = [], []
         for c in range(C):
-            vals.append(Mux(hwc | fc, hwc_vals[c], chw_vals[c]))
+            vals.append(Mux(hw_mode, hwc_vals[c], chw_vals[c]))
             valid.append(Mux(hwc | fc, lut_mul(k_abs, C) + c < desc.out_c,
                              xw0 + c < desc.out_w))
         # (a pooled CHW row's last block, of an even xg, may hold no pixel of the output)
@@ -280,25 +300,25 @@ class CompactOutput(wiring.Component):
         small = Cat(*[within(v, self.epsilon) for v in data_v])
         flag = small.all() & ~desc.last
         lane = self.wr[0]
-        m.d.sync += [lane.en.eq(writing & exists), lane.index.eq(index),
-                     lane.flag.eq(writing & exists & flag),
-                     self.flagged.eq(writing & exists & flag)]
+        write = turning & t_write & (~hw_mode | (lane_i == C - 1)) & exists
+        m.d.sync += [lane.en.eq(write), lane.index.eq(index), lane.flag.eq(write & flag),
+                     self.flagged.eq(write & flag)]
         m.d.sync += [lane.data[c].eq(Mux(flag, 0, data_v[c])) for c in range(C)]
 
-        # The next word.
-        with m.If(writing):
-            with m.If(hwc | fc):
-                m.d.sync += [wr_k.eq(wr_k + 1), wa.eq(wa + 1)]
-                with m.If(wr_k == KB - 1):
-                    m.d.sync += [wr_k.eq(0), wr_p.eq(wr_p + 1),
-                                 wa.eq(wa - (KB - 1) + desc.out_q)]
-                    with m.If(fc | (wr_p == npix - 1)):
-                        m.d.sync += writing.eq(0)
-            with m.Else():
-                m.d.sync += [wr_r.eq(wr_r + 1), wa.eq(wa + desc.out_s), wch.eq(wch + 1)]
-                with m.If(wr_r == R - 1):
-                    m.d.sync += writing.eq(0)
+        # The next word, the next turn.
+        with m.If(turning):
+            m.d.sync += tr.eq(tr + 1)
+            with m.If(t_write & hw_mode & (lane_i == C - 1)):
+                m.d.sync += wa.eq(wa + 1)
+            with m.If(t_write & ~hw_mode):
+                m.d.sync += [wa.eq(wa + desc.out_s), wch.eq(wch + 1)]
+            with m.If(tr == R - 1):
+                m.d.sync += tr.eq(0)
+                with m.If(t_write & hw_mode & ~fc & (wr_p != npix - 1)):
+                    m.d.sync += [wr_p.eq(wr_p + 1), wa.eq(wa - (KB - 1) + desc.out_q)]
+                with m.Else():
+                    m.d.sync += turning.eq(0)
 
-        m.d.comb += self.idle.eq(~i.valid & ~busy & ~pending & ~writing & ~ready
+        m.d.comb += self.idle.eq(~i.valid & ~busy & ~pending & ~turning & ~ready
                                  & ~lane.en)
         return m
