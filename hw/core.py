@@ -270,6 +270,12 @@ class Core(wiring.Component):
         # the response on rsp (no FIFO).
         serial = cfg.bus == "compact"
         RSP_DEPTH = 1 if serial else 8
+
+        def held(value, n, name):
+            """``n`` copies of a command's field for the parts that use it, a stage later:
+            registers; on the compact bus, which holds the command, the field itself."""
+            return [value] * n if serial else copies(m, value, n, name)
+
         if not serial:
             m.submodules.rsp_fifo = rsp_fifo = SyncFIFOBuffered(
                 width=len(self.rsp.payload.as_value()), depth=RSP_DEPTH)
@@ -389,8 +395,8 @@ class Core(wiring.Component):
         dw = min(len(cmd.data), max(8 * C, layout.CHUNK_BITS))
         IW = len(cmd.index)
         d_at = {("act", b): (reg[:IW], reg[IW:IW + dw], reg[IW + dw])
-                for b, reg in enumerate(copies(m, Cat(k_cmd.index, k_cmd.data[:dw],
-                                                      k_cmd.region[0]), NB, "d_at_act"))}
+                for b, reg in enumerate(held(Cat(k_cmd.index, k_cmd.data[:dw], k_cmd.region[0]),
+                                             NB, "d_at_act"))}
         # The weight memory's host word: the weights' index, or that of a region it shares
         # (shared_regions: the offsets keep a word's lane in the index's low bits).
         k_windex, k_wregion = k_cmd.index, k_cmd.region == Region.WEIGHT
@@ -403,8 +409,8 @@ class Core(wiring.Component):
             k_wregion = k_cmd.region.matches(Region.WEIGHT, *shared)
         WIW = len(k_windex)
         d_at.update({("wgt", j): (reg[:WIW], reg[WIW:])
-                     for j, reg in enumerate(copies(m, Cat(k_windex, k_cmd.data[:dw]), WB,
-                                                    "d_at_wgt"))})
+                     for j, reg in enumerate(held(Cat(k_windex, k_cmd.data[:dw]), WB,
+                                                  "d_at_wgt"))})
         k_hb, _ = lane(k_cmd.index, NB)
         k_wrow, k_wlanes, _ = chunk(k_cmd.index, k_cmd.data, Region.WEIGHT)
         k_wb, _ = lane(k_wrow, WB)
@@ -456,9 +462,9 @@ class Core(wiring.Component):
         # the next values (the read port keeps its latency), and its copy of busy, which
         # selects between them like every other port's (the sequencer is far away).
         p_out = copies(m, out.param_addr_next, len(pgroups), "param_addr_out")
-        p_host = copies(m, k_prow, len(pgroups), "param_addr_host")
+        p_host = held(k_prow, len(pgroups), "param_addr_host")
         p_busy = copies(m, busy_next, len(pgroups), "param_busy")
-        p_word = copies(m, k_cmd.data[:layout.CHUNK_BITS], len(pgroups), "param_word")
+        p_word = held(k_cmd.data[:layout.CHUNK_BITS], len(pgroups), "param_word")
         p_en = strobe("param", lanes[Region.PARAM],
                       Mux(k_cmd.region == Region.PARAM, k_planes, 0))
         for n, g in enumerate(pgroups):
@@ -489,7 +495,7 @@ class Core(wiring.Component):
 
         f_cmd_index = raw(d_cmd.index, "index")
         selecting = (Region.DESC, Region.CTRL, Region.ACT0, Region.FLAG0)
-        f_index = dict(zip(selecting, copies(m, f_cmd_index, len(selecting), "f_index")))
+        f_index = dict(zip(selecting, held(f_cmd_index, len(selecting), "f_index")))
 
         def select(index, words):
             """``words[index]`` (``words`` a list or a dict), 0 past the end."""
@@ -505,7 +511,7 @@ class Core(wiring.Component):
             many block RAMs: F registers each group's word (``groups[g]``: {lo: word}), next to
             the group's memories and from a copy of the index of its own; G selects the group.
             ``lo_hi(index)`` is the (lo, hi) of an index."""
-            index = copies(m, f_cmd_index, len(groups) + 1, f"f_{name}_index")
+            index = held(f_cmd_index, len(groups) + 1, f"f_{name}_index")
             regs = [Signal.like(rdata, name=f"g_{name}_{g}") for g in range(len(groups))]
             m.d.sync += [reg.eq(select(lo_hi(i)[0], words))
                          for reg, words, i in zip(regs, groups, index)]
