@@ -289,12 +289,12 @@ class CompactOutput(wiring.Component):
         vals, valid = [], []
         for c in range(C):
             vals.append(Mux(hw_mode, hwc_vals[c], chw_vals[c]))
-            valid.append(Mux(hwc | fc, lut_mul(k_abs, C) + c < desc.out_c,
+            valid.append(Mux(hw_mode, lut_mul(k_abs, C) + c < desc.out_c,
                              xw0 + c < desc.out_w))
         # (a pooled CHW row's last block, of an even xg, may hold no pixel of the output)
-        exists = Mux(hwc | fc, (k_abs < desc.out_q) & (fc | (x0 + wr_p < desc.out_w)),
+        exists = Mux(hw_mode, (k_abs < desc.out_q) & (fc | (x0 + wr_p < desc.out_w)),
                      (wch < desc.out_c) & (xw0 < desc.out_w))
-        bank = Mux(hwc | fc, wa, wa + wch)[:lnb] if lnb else Const(0, 0)
+        bank = Mux(hw_mode, wa, wa + wch)[:lnb] if lnb else Const(0, 0)
         index = Cat(bank, wa[lnb:]) if lnb else wa
         data_v = [Mux(valid[c], vals[c], 0) for c in range(C)]
         small = Cat(*[within(v, self.epsilon) for v in data_v])
