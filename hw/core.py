@@ -610,14 +610,14 @@ class Core(wiring.Component):
         # DECODE on, counting up as STORE writes.
         count_addr = Signal(range(cfg.max_layers * len(COUNTERS)))
         count_data, count_en = Signal(COUNTER_BITS), Signal()
-        # The descriptor's row the sequencer reads (more than one when it lies in the weight
-        # memory's narrower rows).
-        part = Signal(range(1 << (layout.chunk_shift(rows[Region.DESC][0]) - kw)))
-        part_next = Signal.like(part)       # the row read in this cycle
         if not shared:
             m.d.comb += [count_w.addr.eq(count_addr), count_w.data.eq(count_data),
                          count_w.en.eq(count_en)]
         else:
+            # The descriptor's row the sequencer reads: it spans several of the weight
+            # memory's rows.
+            part = Signal(range(1 << (layout.chunk_shift(rows[Region.DESC][0]) - kw)))
+            part_next = Signal.like(part)   # the row read in this cycle
             # The sequencer reaches the weight memory while the loader is idle: a
             # descriptor's rows (part) as it loads one, a counter's lane as it stores one.
             drow = shared[Region.DESC] >> kw
