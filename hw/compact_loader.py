@@ -1,6 +1,6 @@
 """A compact loader for small FPGAs: the same ports, slots and counters as :class:`hw.loader.Loader`
 (docs/ARCHITECTURE.md; ``sw/schedule.py`` counts what it issues), in less logic: on the ``up5k``
-configuration 1,238 LUTs and 693 flip-flops where :class:`~hw.loader.Loader` takes 2,454 and
+configuration 1,253 LUTs and 602 flip-flops where :class:`~hw.loader.Loader` takes 2,454 and
 2,695 (results/synth.json), one flag read port per bank instead of ``Kmax``, and one weight
 read a cycle (``Config.loader = "compact"``).
 
@@ -273,7 +273,7 @@ class CompactLoader(wiring.Component):
         rb_valid = Signal()
         rb = Signal(S1)
         rb_mask = Signal(W)                 # slots still to issue
-        can_issue = Signal()                # F will have room for the slot (below)
+        can_issue = Signal()                # D will have room for the slot (F takes its own: below)
         low = Signal(W)                     # lowest set bit of rb_mask
         m.d.comb += low.eq(rb_mask & -rb_mask)
         one_left = Signal()
