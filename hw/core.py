@@ -722,7 +722,7 @@ class Core(wiring.Component):
         """While a run is in progress (each port: its copy of busy) the loader reads the input
         buffer, the output stage writes the other one, and their counter increments feed the
         layer's counters."""
-        NB, C, K, WB = cfg.act_banks, cfg.cols, flag_ports(cfg), weight_memories(cfg)
+        NB, C, K = cfg.act_banks, cfg.cols, flag_ports(cfg)
         shift = (NB - 1).bit_length()
         # Each bank has a copy of in_buf (a cycle late: it changes when a layer is decoded,
         # cycles before its first read).
@@ -754,7 +754,7 @@ class Core(wiring.Component):
                     act_w[b].addr.eq(w_addr), act_w[b].data.eq(w_data), act_w[b].en.eq(w_en),
                     flag_w[b].addr.eq(w_addr), flag_w[b].data.eq(w_flag), flag_w[b].en.eq(w_en),
                 ]
-        if WB == C:
+        if not shared_regions(cfg):        # one memory per bank (as elaborate builds them)
             for j in range(C):
                 with m.If(busy_at["wgt", j]):
                     m.d.comb += [wgt_r[j].addr.eq(loader.wgt_addr[j]),
@@ -775,7 +775,7 @@ class Core(wiring.Component):
             for k in range(K):
                 m.d.comb += loader.flag_data[b][k].eq(flag_r[b][k].data)
         for j in range(C):
-            m.d.comb += loader.wgt_data[j].eq(wgt_r[j if WB == C else 0].data)
+            m.d.comb += loader.wgt_data[j].eq(wgt_r[j if len(wgt_r) > 1 else 0].data)
         m.d.comb += [
             loader.mask_data.eq(mask_r.data), out.param_data.eq(param_data),
             counters["issue_slots"].inc.eq(loader.issue_slots),
