@@ -200,7 +200,8 @@ class HostInterface(wiring.Component):
         full = Signal()                          # WRITE: `word` is whole, to be issued
         acks = Signal(16)                        # WRITE: responses received
         failed = Signal()                        # WRITE: the core refused a word
-        run_status = Signal(64)
+        run_status = Signal.like(word)
+        status_bytes = proto.word_bytes(regions[Region.CTRL][0])   # a CTRL word's
 
         cmd = self.cmd.payload
         info_words = 1 + len(layout.config_words(cfg))
@@ -261,7 +262,7 @@ class HostInterface(wiring.Component):
                         with m.Elif(op == proto.Op.INFO):
                             m.d.sync += [words.eq(info_words), rlen.eq(4 * info_words)]
                         with m.Else():
-                            m.d.sync += [words.eq(1), rlen.eq(8)]
+                            m.d.sync += [words.eq(1), rlen.eq(status_bytes)]
                     with m.Case(proto.Op.READ, proto.Op.WRITE):
                         is_write = op == proto.Op.WRITE
                         expect = Mux(is_write, _ARGS + count * wb, _ARGS)
@@ -355,7 +356,7 @@ class HostInterface(wiring.Component):
                     with m.If(self.rsp.payload.data[0]):
                         m.next = "POLL"
                     with m.Else():
-                        m.d.sync += [run_status.eq(self.rsp.payload.data[:64]), rlen.eq(8),
+                        m.d.sync += [run_status.eq(self.rsp.payload.data), rlen.eq(status_bytes),
                                      words.eq(0)]
                         m.next = "REPLY"
 
@@ -405,7 +406,7 @@ class HostInterface(wiring.Component):
                     with m.Case(proto.Op.INFO):
                         m.d.comb += nbytes.eq(4)
                     with m.Case(proto.Op.STATUS, proto.Op.RUN):
-                        m.d.comb += nbytes.eq(8)
+                        m.d.comb += nbytes.eq(status_bytes)
                     with m.Default():
                         m.d.comb += nbytes.eq(wb)
                 send(m, word.word_select(bi, 8), "NEXT_WORD", sent=[bi.eq(bi + 1)],

@@ -357,7 +357,7 @@ def unpack_output(program, words):
 # -- the device's memory map ------------------------------------------------------------------
 
 #: Version of the gateware's memory map and descriptor format, reported by the device.
-HW_VERSION = 3
+HW_VERSION = 4
 
 
 class Region(enum.IntEnum):
@@ -409,7 +409,7 @@ def memory_map(config):
         Region.PARAM: (config.out_words * PARAM_BITS, config.param_words * param_steps(config)),
         Region.DESC: (sum(b for _, b in descriptor_fields(config)), config.max_layers),
         Region.COUNT: (COUNTER_BITS, config.max_layers * len(COUNTERS)),
-        Region.CTRL: (64, 2 + len(_REPORTED)),
+        Region.CTRL: (sum(b for _, b in STATUS_FIELDS), 2 + len(_REPORTED)),
     }
 
 

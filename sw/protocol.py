@@ -23,9 +23,9 @@ Commands (payload → reply payload):
 * ``WRITE``: region (1) | index (4) | count (2) | count words → none. Each word takes
   ``ceil(width / 8)`` bytes of the region (``sw.layout.region_map``); excess high bits must be 0.
 * ``READ``: region (1) | index (4) | count (2) → count words.
-* ``RUN``: the run word (``sw.layout.run_word``, 4 bytes) → the status word (8 bytes), sent when
-  the run has finished.
-* ``STATUS``: none → the status word (8 bytes).
+* ``RUN``: the run word (``sw.layout.run_word``, 4 bytes) → the status word (a CTRL word:
+  ``sw.layout.STATUS_FIELDS``, 5 bytes), sent when the run has finished.
+* ``STATUS``: none → the status word.
 """
 
 import enum
