@@ -119,10 +119,10 @@ class CompactOutput(wiring.Component):
         # acc[0] as the PE array rotates them (i_step; hw/pe_array.py).
         head = i.payload.acc[0]
 
-        x = Signal(signed(32))
+        x = Signal(signed(cfg.acc_bits))
         mult = Signal(len(par.mult))
         shift = Signal(5)
-        prod = Signal(signed(32 + len(par.mult) + 1))
+        prod = Signal(signed(cfg.acc_bits + len(par.mult) + 1))
         # the product's digits, most significant first
         digit = Signal(D)
         dn = Signal(range(DIGITS))
@@ -150,7 +150,7 @@ class CompactOutput(wiring.Component):
                     m.d.sync += phase.eq(2)
                 with m.Case(2):             # and here: x = acc + bias (fc: + the row's C
                     m.d.comb += self.i_step.eq(1)   # columns, one a cycle, j counting them)
-                    m.d.sync += x.eq((Mux(fc & (j != 0), x, par.bias) + head)[:32])
+                    m.d.sync += x.eq((Mux(fc & (j != 0), x, par.bias) + head)[:cfg.acc_bits])
                     with m.If(fc & (j != C - 1)):
                         m.d.sync += j.eq(j + 1)
                     with m.Else():

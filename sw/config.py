@@ -70,7 +70,7 @@ class Config:
         Finished blocks the PE array holds behind its accumulators (its queue,
         ``hw.pe_array.PEArray.credits``); 0: as many as keep blocks of ``rows/out_words``
         cycles flowing at full rate (2 for ``ecp5``, 3 for ``default``). Fewer save
-        ``rows·cols·32`` flip-flops each, and a block of few slots then waits for the one
+        ``rows·cols·acc_bits`` flip-flops each, and a block of few slots then waits for the one
         before it to be taken by the output stage.
     output : str
         The output stage's micro-architecture: ``"pipelined"`` (``hw/output.py``: ``out_words``
@@ -88,6 +88,11 @@ class Config:
         through seven register stages and a response FIFO, built for 100 MHz on ECP5) or
         ``"compact"`` (the same stages, one command at a time, with no FIFO and no copies of
         the command or of the read data, for small FPGAs). The same commands and responses.
+    acc_bits : int
+        The accumulators' width, 16 to 32. The numerics contract's accumulator is int32
+        (``sw/numerics.py``); narrower ones compute the same for every layer whose sums cannot
+        leave them (:func:`sw.numerics.accumulator_bound`), and ``sw/layout.py`` refuses the
+        others. Each bit less saves ``rows·cols`` accumulator and shadow bits with their adders.
     """
 
     rows: int = 16
@@ -109,11 +114,12 @@ class Config:
     loader: str = "pipelined"
     bus: str = "pipelined"
 
+    acc_bits: int = 32
+
     # Numerics widths; fixed by the numerics contract (sw/numerics.py), kept here so the hardware
     # derives its port widths from the same object.
     act_bits: int = 8
     weight_bits: int = 8
-    acc_bits: int = 32
     mult_bits: int = 16
     shift_bits: int = 5
 
@@ -127,6 +133,9 @@ class Config:
         if not isinstance(self.shadows, int) or isinstance(self.shadows, bool) or self.shadows < 0:
             raise ConfigError(f"Config.shadows must be a non-negative integer, not "
                               f"{self.shadows!r}")
+        if not isinstance(self.acc_bits, int) or not 16 <= self.acc_bits <= 32:
+            raise ConfigError(f"Config.acc_bits must be an integer from 16 to 32, not "
+                              f"{self.acc_bits!r}")
         for name in ("output", "loader", "bus"):
             if getattr(self, name) not in LOADERS:
                 raise ConfigError(f"Config.{name} must be one of "
@@ -211,8 +220,8 @@ CONFIGS = {
     "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
     # The demo network's 20 groups of 8 output channels take 32 parameter words (4 block
-    # RAMs, where 64 take 7).
+    # RAMs, where 64 take 7); its largest accumulator bound, 2,142,988, takes 23 bits.
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
                    weight_words=8192, param_words=32, out_words=1, max_width=32, shadows=1,
-                   output="compact", loader="compact", bus="compact"),
+                   output="compact", loader="compact", bus="compact", acc_bits=24),
 }

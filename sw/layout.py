@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import ConfigError
-from .numerics import layer_tile, tile_flags
+from .numerics import accumulator_bound, layer_tile, tile_flags
 
 __all__ = ["LayoutError", "LayerPlan", "plan", "descriptor_fields", "pack_fields",
            "unpack_fields", "MemoryImage", "pack_program", "pack_input", "unpack_output",
@@ -124,6 +124,11 @@ def plan(program):
         where = f"{i} ('{layer.name}')"
         _check(layer.mode == "int8", where,
                f"mode '{layer.mode}' is not supported by this accelerator (int8 only)")
+        acc_max = 2 ** (cfg.acc_bits - 1) - 1
+        bound = accumulator_bound(layer.weight, layer.bias)
+        _check(bound <= acc_max, where,
+               f"its accumulators can reach {bound} (Σ|w|·128 + |bias|), beyond the "
+               f"accelerator's {cfg.acc_bits}-bit accumulators ({acc_max})")
         last = i == len(layers) - 1
         out_hwc = last or layers[i + 1].kind == "fc"
         in_hwc = layer.kind == "fc"
@@ -357,7 +362,7 @@ def unpack_output(program, words):
 # -- the device's memory map ------------------------------------------------------------------
 
 #: Version of the gateware's memory map and descriptor format, reported by the device.
-HW_VERSION = 4
+HW_VERSION = 5
 
 
 class Region(enum.IntEnum):
@@ -379,10 +384,11 @@ COUNTERS = ("busy_cycles", "issue_slots", "issue_slots_skipped", "act_bytes_read
             "weight_bytes_read", "out_tiles_flagged")
 COUNTER_BITS = 32
 
-#: Config fields the device reports (CTRL index 2 …), in this order.
+#: Config fields the device reports (CTRL index 2 …), in this order: those that decide how a
+#: program is packed and which programs it can run (acc_bits: which layers' sums it holds).
 _REPORTED = ("rows", "cols", "act_words", "act_banks", "weight_words", "mask_words",
              "param_words", "max_layers", "max_channels", "max_width", "max_kernel", "max_stride",
-             "out_words")
+             "out_words", "acc_bits")
 
 
 def config_words(config):

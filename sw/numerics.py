@@ -16,6 +16,10 @@ Integer arithmetic
   ``n × 16 256 + |b| ≤ 2**31 − 1``; the compiler checks exactly this per output channel and refuses
   a layer that fails it. With a bias below 2**30 in magnitude that admits every ``n`` up to
   :data:`MAX_REDUCTION` = 66 052. The computation here is done in float64, exact up to 2**53.
+  Hardware with narrower accumulators (``Config.acc_bits``) computes the same: a layer's sums
+  and every partial sum of its products stay within ``Σ|w| × 128 + |b|`` per output channel
+  (:func:`accumulator_bound`), and a layer whose bound exceeds the accumulator is refused for
+  that hardware (``sw/layout.py``).
 * Requantization, per output channel ``c``: ``y = (acc × m[c] + 2**(s[c]−1)) >> s[c]`` (for
   ``s[c] = 0``: ``y = acc × m[c]``), an arithmetic shift: *round half up* (toward +∞).
   ``0 ≤ m[c] < 2**16``, ``0 ≤ s[c] ≤ 31``. Then optional ReLU (``max(y, 0)``), saturation to
@@ -41,6 +45,7 @@ __all__ = [
     "ACT_MIN", "ACT_MAX", "WEIGHT_MAX", "ACC_MIN", "ACC_MAX", "MULT_MAX", "SHIFT_MAX",
     "MAX_PRODUCT", "MAX_REDUCTION", "NumericsError",
     "quantize", "dequantize", "quantize_multiplier", "requantize", "check_accumulator",
+    "accumulator_bound",
     "conv2d_acc", "linear_acc", "maxpool2x2", "layer_tile", "tile_grid", "tile_flags",
     "apply_flags",
 ]
@@ -133,6 +138,16 @@ def check_accumulator(reduction, bias, where):
             f"{where}: reduction length {reduction} with |bias| up to {int(bias.max())} can reach "
             f"{worst}, beyond the int32 accumulator ({ACC_MAX}); at most "
             f"{(ACC_MAX - int(bias.max())) // MAX_PRODUCT} inputs per output fit")
+
+
+def accumulator_bound(weight, bias):
+    """The largest magnitude a layer's accumulator can reach, over its output channels: ``Σ|w| ×
+    128 + |b|`` (every input at its largest magnitude, 128). It bounds every partial sum of the
+    products too, in any order, plus the bias or not. It is reached by a channel whose weights
+    are all ≥ 0 and bias ≤ 0 (every input -128), or all ≤ 0 and bias ≥ 0."""
+    w = np.abs(np.asarray(weight, dtype=np.int64)).reshape(len(weight), -1)
+    b = np.abs(np.asarray(bias, dtype=np.int64))
+    return int((w.sum(axis=1) * -ACT_MIN + b).max()) if len(weight) else 0
 
 
 def conv2d_acc(x, w, bias, *, stride, padding):

@@ -96,6 +96,24 @@ def test_accumulator_limit_is_exact():
         nx.check_accumulator(n + 1, [bias], "layer 'x'")
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 8), st.integers(0, 2 ** 32 - 1))
+def test_accumulator_bound_holds_every_sum(co, n, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.integers(-nx.WEIGHT_MAX, nx.WEIGHT_MAX + 1, (co, n))
+    b = rng.integers(-5000, 5001, co)
+    # Every input at an extreme, every subset of the products (0 for the others), bias or not:
+    # the sums the accelerator's accumulators pass through, in whatever order it adds.
+    grid = np.array(np.meshgrid(*[[nx.ACT_MIN, 0, nx.ACT_MAX]] * n)).reshape(n, -1).T
+    sums = grid @ w.T                                   # (inputs, co)
+    reached = int(max(np.abs(sums).max(), np.abs(sums + b).max()))
+    bound = nx.accumulator_bound(w, b)
+    assert reached <= bound
+    # It is reached when a channel's weights are all ≥ 0 and its bias ≤ 0 (every input -128).
+    pos = np.abs(w)
+    assert nx.accumulator_bound(pos, -np.abs(b)) == int(np.abs(grid @ pos.T - np.abs(b)).max())
+
+
 def test_worst_case_accumulator_is_exact():
     # Every product at its most negative: -128 × 127, summed over the longest reduction.
     n = nx.MAX_REDUCTION

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sw import Accelerator, Config, ConfigError, compile_model
+from sw import Accelerator, Config, ConfigError, compile_model, layout
 from sw import numerics as nx
 from sw.cli import CALIBRATION_IMAGES, main
 from sw.config import CONFIGS
@@ -105,6 +105,10 @@ def test_config_validation():
         Config(bus="serial")
     with pytest.raises(ConfigError, match="Config.shadows must be a non-negative integer, not -1"):
         Config(shadows=-1)
+    for bits in (15, 33, 24.0):
+        with pytest.raises(ConfigError, match=f"Config.acc_bits must be an integer from 16 to "
+                                              f"32, not {bits}"):
+            Config(acc_bits=bits)
     # A kernel row of 2 windows at stride 2 and kernel 3 spans 5 pixels, 3 words: 2 banks hold
     # one window (the pipelined loader's need) but not the row.
     small = dict(cols=2, tile=(1, 1, 2), act_banks=2, out_words=1)
@@ -117,6 +121,7 @@ def test_config_validation():
     assert Config.from_dict(Config().to_dict()) == Config()
     up5k = CONFIGS["up5k"]
     assert Config.from_dict(up5k.to_dict()) == up5k and up5k.loader == "compact"
+    assert layout.config_from_words(layout.config_words(up5k)).acc_bits == up5k.acc_bits == 24
 
 
 def test_cli_json_report(tmp_path, capsys):

@@ -11,6 +11,7 @@ from torch import nn
 from sw import Config, compile_model, layout
 from sw import numerics as nx
 from sw.golden import forward
+from sw.program import Program
 from sw.runtime import quantize_input
 from sw.schedule import network_stats
 
@@ -202,6 +203,25 @@ def test_layout_refuses_what_does_not_fit():
     program = compile_model(model, torch.rand(1, 1, 12, 12), config=tiny)
     with pytest.raises(layout.LayoutError, match="activation words"):
         layout.plan(program)
+
+
+def test_layout_refuses_layers_beyond_the_accumulators():
+    program, _ = _random_program(4, SMALL)
+    bounds = [nx.accumulator_bound(lay.weight, lay.bias) for lay in program.layers]
+    worst = int(np.argmax(bounds))
+    bits = bounds[worst].bit_length() + 1        # the narrowest signed width that holds it
+    assert bits - 1 >= 16                        # Config's narrowest
+    for acc_bits, fits in ((bits, True), (bits - 1, False)):
+        narrow = Program(SMALL.replace(acc_bits=acc_bits), program.layers, program.input_shape,
+                         program.input_scale, program.epsilon)
+        if fits:
+            layout.plan(narrow)
+        else:       # the first layer beyond them is named
+            i = next(i for i, b in enumerate(bounds) if b.bit_length() + 1 > acc_bits)
+            with pytest.raises(layout.LayoutError,
+                               match=rf"layer {i} \('{program.layers[i].name}'\): its "
+                                     rf"accumulators can reach {bounds[i]} .* {acc_bits}-bit"):
+                layout.plan(narrow)
 
 
 def test_binary_mode_is_refused_until_the_datapath_has_it():
