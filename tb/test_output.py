@@ -69,14 +69,16 @@ def programs(cfg):
 def make_program(cfg, specs, rng, epsilon):
     """A Program with zero weights and random requantization parameters; also returns each
     layer's per-channel accumulator magnitude (to draw accumulators that requantize to a
-    spread of int8 values)."""
+    spread of int8 values). A value's column sum and bias stay within the accumulators, as
+    sw/layout.py has it (sw.numerics.accumulator_bound)."""
+    top = min(2 ** 27, (2 ** (cfg.acc_bits - 1) - 1) * 2 // (2 * cfg.cols + 1))
     layers, mags = [], []
     for n, sp in enumerate(specs):
         co = sp["out_shape"][0]
         shift = rng.integers(0, 32, co)
         mult = rng.integers(0, 2 ** 16, co)
         mult[rng.random(co) < 0.1] = 0
-        mag = np.clip(300.0 * 2.0 ** shift / np.maximum(mult, 1), 1, 2 ** 27).astype(np.int64)
+        mag = np.clip(300.0 * 2.0 ** shift / np.maximum(mult, 1), 1, top).astype(np.int64)
         tiny = rng.random(co) < 0.25      # channels whose values stay near zero (flags)
         mag[tiny] = np.maximum(1, mag[tiny] // 100)
         bias = np.array([rng.integers(-m, m + 1) // 2 for m in mag], dtype=np.int64)

@@ -3,8 +3,8 @@ at the credit limit.
 
 The expected blocks come from an integer model of the contract (docs/ARCHITECTURE.md, "Module
 interfaces"): acc[r·C + j] = Σ over the block's slots of act[j] · wgt[r·C + j] (``first``
-starts from 0), wrapped to int32, delivered in order with the ``last`` slot's tag. A block with
-no issued slot is one slot of zeros, as the loader sends it.
+starts from 0), wrapped to ``Config.acc_bits`` bits, delivered in order with the ``last`` slot's
+tag. A block with no issued slot is one slot of zeros, as the loader sends it.
 """
 
 import random
@@ -46,7 +46,7 @@ def _blocks(cfg, rng, n_blocks, *, big=False):
             a = np.array(s["act"], dtype=np.int64)
             w = np.array(s["wgt"], dtype=np.int64).reshape(R, C)
             acc += (w * a[None, :]).reshape(-1)
-        acc = ((acc + 2 ** 31) % 2 ** 32) - 2 ** 31
+        acc = ((acc + 2 ** (cfg.acc_bits - 1)) % 2 ** cfg.acc_bits) - 2 ** (cfg.acc_bits - 1)
         for k, s in enumerate(slots):
             s["first"] = int(k == 0)
             s["last"] = int(k == len(slots) - 1)
@@ -150,7 +150,7 @@ async def full_rate(dut):
 
 @cocotb.test()
 async def random_stalls(dut):
-    """Random valid gaps and back-pressure, long blocks (int32 wrap-around stays exact)."""
+    """Random valid gaps and back-pressure, long blocks (wrapping around stays exact)."""
     cfg, seed = config_from_env()
     Clock(dut.clk, 10, unit="ns").start()
     rng = random.Random(seed + 1)

@@ -18,10 +18,11 @@ TOP = "core"
 
 
 #: As the up5k build: the compact loader and output stage (hw/compact_loader.py,
-#: hw/compact_output.py) and host bus, one shadow per PE, and 8 rows: weight rows of two host
-#: words, which hold the descriptors and counters too (hw.core.shared_regions).
+#: hw/compact_output.py) and host bus, one shadow per PE, 24-bit accumulators, and 8 rows:
+#: weight rows of two host words, which hold the descriptors and counters too
+#: (hw.core.shared_regions).
 COMPACT = SMALL.replace(rows=8, max_channels=32, loader="compact", output="compact",
-                        bus="compact", shadows=1)
+                        bus="compact", shadows=1, acc_bits=24)
 
 
 @pytest.fixture(scope="module", params=[SMALL, ROWS16, COMPACT], ids=["small", "rows16", "compact"])

@@ -13,8 +13,9 @@ TOP = "pe_array"
 
 
 #: As the up5k build: one shadow (its queue, Config.shadows), the compact output stage's
-#: o_step, which rotates the head block, and the compact loader's slot register as stage 0.
-SHADOW1 = SMALL.replace(shadows=1, output="compact", loader="compact")
+#: o_step, which rotates the head block, and the compact loader's slot register as stage 0;
+#: 18-bit accumulators, which long blocks wrap.
+SHADOW1 = SMALL.replace(shadows=1, output="compact", loader="compact", acc_bits=18)
 
 
 @pytest.fixture(scope="module", params=[SMALL, Config(), SHADOW1],
