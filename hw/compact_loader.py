@@ -34,12 +34,14 @@ issue through one row register:
   becomes one ``zero`` slot (``first = last = 1``, ``act = wgt = 0``). A block's last slot
   leaves only while fewer than ``credits`` blocks are outstanding (the same credit protocol as
   :class:`~hw.loader.Loader`: ``block_done`` pulses). While F cannot take D's item, D holds it
-  and RB issues no read, so the read data stays on the memories' outputs.
+  and RB issues no read, so the read data stays on the memories' outputs. No slot leaves in the
+  cycle after a block's last one: the PE array clears its accumulators in that cycle, so they
+  need no multiplexer for ``first`` (:class:`~hw.pe_array.PEArray`).
 
-Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming;
-a row with nothing to issue costs one scan cycle, hidden when the row before it has at least two
-slots to issue. So a fully
-skipped 3×3 group costs at most 3 cycles instead of 9.
+Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming,
+and a cycle between blocks; a row with nothing to issue costs one scan cycle, hidden when the
+row before it has at least two slots to issue. So a fully skipped 3×3 group costs at most 3
+cycles instead of 9.
 
 Unlike :class:`~hw.loader.Loader` it does not latch ``desc`` at ``start``: the descriptor must
 stay from ``start`` until ``done`` (the core's sequencer changes it only between layers), which
@@ -399,8 +401,12 @@ class CompactLoader(wiring.Component):
         m.d.comb += seal.eq(d_valid & ~d_slot & blk_issued)
         last = f.last | seal
         pop = Signal()
-        m.d.comb += pop.eq(full & (f.last | d_valid)
+        # No slot leaves in the cycle after a block's last: the PE array clears its
+        # accumulators then instead of loading them on a block's first slot (hw/pe_array.py).
+        gap = Signal()
+        m.d.comb += pop.eq(full & ~gap & (f.last | d_valid)
                            & (~last | (outstanding < self.credits)))
+        m.d.sync += gap.eq(pop & last)
         m.d.comb += [self.o.valid.eq(pop), self.o.payload.eq(f), self.o.payload.last.eq(last)]
         m.d.sync += outstanding.eq(outstanding + (pop & last) - self.block_done)
 

@@ -10,7 +10,9 @@ Five pipeline stages, one slot per cycle, and no stall anywhere:
    registers, so stages 1 and 2 are inside the DSP block and the wires to and from it run
    between registers only; on the iCE40 UltraPlus the same in an SB_MAC16 shared by two
    neighbouring PEs of a row);
-3. the accumulators add them (``first``: load instead of add);
+3. the accumulators add them (``first``: load instead of add; with the compact loader, which
+   leaves a cycle between blocks, they are cleared in that cycle instead, as the block moves
+   out, and ``first`` is not used);
 4. a block whose last slot was added moves from the accumulators into a shadow register (a
    queue of :meth:`PEArray.credits` of them), while the next block accumulates; the queue's
    head is offered on ``o`` with the block's tag. Each PE has its own copy of the control of
@@ -166,9 +168,15 @@ class PEArray(wiring.Component):
                      pnext.shift.eq(take_next)]
         for k, ctl_k in enumerate(copies(m, pnext.as_value(), N, "pe")):
             pc = data.View(pctl, ctl_k)
-            with m.If(pc.valid):
-                m.d.sync += acc[k].eq((Mux(pc.first, Const(0, signed(cfg.acc_bits)), acc[k])
-                                       + prod[k])[:cfg.acc_bits])
+            if cfg.loader == "compact":     # cleared as the block leaves, in the loader's gap
+                with m.If(pc.load.any()):
+                    m.d.sync += acc[k].eq(0)
+                with m.Elif(pc.valid):
+                    m.d.sync += acc[k].eq((acc[k] + prod[k])[:cfg.acc_bits])
+            else:
+                with m.If(pc.valid):
+                    m.d.sync += acc[k].eq((Mux(pc.first, Const(0, signed(cfg.acc_bits)), acc[k])
+                                           + prod[k])[:cfg.acc_bits])
             for q in range(Q):
                 with m.If(pc.load[q]):
                     m.d.sync += shadow[q].acc[k].eq(acc[k])
