@@ -8,7 +8,7 @@ A block is handled in two phases, one after the other:
 * **requantize**: each of the block's values (conv: ``R × C``, only the rows with a channel;
   fc: ``R`` column sums) in turn: its parameters are read, ``x = acc + bias`` is registered (fc:
   the row's ``C`` accumulators added one a cycle), the product ``x·m`` is built two bits of
-  ``m`` a cycle (shift-and-add in logic), then rounded, shifted, rectified and saturated into
+  ``m`` a cycle (shift-and-add in logic), then shifted, rounded, rectified and saturated into
   the result buffer ``res`` — 11 cycles a value (fc: ``10 + C``), the rounding and saturation of
   one overlapping the next one's product. The accumulators are read in their order, each from
   ``acc[0]`` while the PE array rotates the block one place a read (``i_step``,
@@ -130,13 +130,15 @@ class CompactOutput(wiring.Component):
         m.d.comb += digit.eq((mult >> lut_mul(dn, D))[:D])
         dx = sum(Mux(digit[b], x << b, 0) for b in range(D))
 
-        # Post-processing of a finished product: round, shift, saturate (three stages).
+        # Post-processing of a finished product: shift, round, saturate (three stages).
         p_valid = Signal(3)
         p_r = [Signal(range(R), name=f"p_r{n}") for n in range(3)]
         p_j = [Signal(range(C), name=f"p_j{n}") for n in range(3)]
-        p_s = [Signal(5, name=f"p_s{n}") for n in range(2)]
-        t = Signal(signed(len(prod) + 1))
-        yv = Signal(signed(len(prod) + 1))
+        p_s = Signal(5)
+        q_lo = Signal(signed(10))           # q = floor(prod / 2^(s−1)): its low bits,
+        q_big = Signal()                    # whether it does not fit them,
+        q_neg = Signal()                    # and its sign
+        yv = Signal(signed(10))
         sat = Signal(act8)
         res = [[Signal(act8, name=f"res_{rr}_{jj}") for jj in range(C)] for rr in range(R)]
 
@@ -163,17 +165,22 @@ class CompactOutput(wiring.Component):
                     m.d.sync += [prod.eq((prod << D) + dx), dn.eq(dn - 1)]
                     with m.If(dn == 0):
                         m.d.sync += [p_valid[0].eq(1), p_r[0].eq(r), p_j[0].eq(Mux(fc, 0, j)),
-                                     p_s[0].eq(shift), phase.eq(0)]
+                                     p_s.eq(shift), phase.eq(0)]
                         with m.If(last_value):
                             m.d.sync += busy.eq(0)
                         with m.Elif(last_j):
                             m.d.sync += [j.eq(0), r.eq(r + 1)]
                         with m.Else():
                             m.d.sync += j.eq(j + 1)
-        # prod is complete in the cycle after dn reached 0: stage 0 rounds it.
-        rnd = (Const(1, 33) << p_s[0])[1:33]
-        m.d.sync += [t.eq(prod + rnd), p_r[1].eq(p_r[0]), p_j[1].eq(p_j[0]), p_s[1].eq(p_s[0]),
-                     yv.eq(t >> p_s[1]), p_r[2].eq(p_r[1]), p_j[2].eq(p_j[1])]
+        # prod is complete in the cycle after dn reached 0: stage 0 shifts it.
+        # Rounding half up, (prod + 2^(s−1)) >> s, is (q + 1) >> 1 with q = floor(prod / 2^(s−1))
+        # = (2·prod) >> s (s = 0 too): one shift, then an increment of q's 10 low bits (a q
+        # beyond them saturates: it stands in as -256 or 255).
+        q = Cat(Const(0, 1), prod).as_signed() >> p_s
+        m.d.sync += [q_lo.eq(q[:10]), q_big.eq(q[9:].any() & ~q[9:].all()), q_neg.eq(q[-1]),
+                     p_r[1].eq(p_r[0]), p_j[1].eq(p_j[0]),
+                     yv.eq(Mux(q_big, Mux(q_neg, -256, 255), (q_lo + 1) >> 1)),
+                     p_r[2].eq(p_r[1]), p_j[2].eq(p_j[1])]
         neg, high = yv[-1], yv[7:]
         m.d.comb += sat.eq(Mux(desc.relu & neg, 0,
                                Mux(~neg & high.any(), 127,
