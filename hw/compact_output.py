@@ -15,10 +15,10 @@ A block is handled in two phases, one after the other:
   :class:`hw.pe_array.PEArray`'s ``o_step``): no multiplexer selects among them. The block is
   accepted (``i.ready``, a register) as its last value is read.
 * **write**: the rows of ``res`` (and, pooled, of the first block's horizontal maxima ``pbuf``
-  and of the left halves of pooled words ``hold``) turn, one row a cycle, through row 0, from
-  which alone the words are formed (no multiplexer selects among the rows): CHW, a word a
-  cycle; HWC and fc, a word of ``C`` rows' values of one pixel, one lane a cycle, in a pass of
-  ``R`` turns per pixel; on lane ``wr[0]`` (the other lanes stay idle). A pooled block that
+  and of the left halves of pooled words ``hold``), kept in two small memories (block RAMs on
+  the iCE40), are read one row a cycle, a turn, and the words are formed from the row read:
+  CHW, a word a turn; HWC and fc, a word of ``C`` rows' values of one pixel, one lane a turn,
+  in a pass of ``R`` turns per pixel; on lane ``wr[0]`` (the other lanes stay idle). A pooled block that
   writes nothing takes its pair maxima into ``pbuf``, or its 2×2 maxima into ``hold``, in a
   pass of its own. The word addresses are kept incrementally from a base worked out while the
   block is requantized.
@@ -30,6 +30,7 @@ for it.
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
 from sw.layout import KIND_FC, param_steps
@@ -39,6 +40,9 @@ from .output import _clog2, _smax, _smax3, output_members
 from .tags import index_width
 
 __all__ = ["CompactOutput"]
+
+#: Yosys maps a memory with this attribute to block RAM, however small.
+BLOCK_RAM = {"ram_style": "block"}
 
 
 class CompactOutput(wiring.Component):
@@ -140,7 +144,10 @@ class CompactOutput(wiring.Component):
         q_neg = Signal()                    # and its sign
         yv = Signal(signed(10))
         sat = Signal(act8)
-        res = [[Signal(act8, name=f"res_{rr}_{jj}") for jj in range(C)] for rr in range(R)]
+        # The block's results, a row of C values per word of a small memory (a block RAM):
+        # written a value at a time, read a row a turn (below).
+        m.submodules.res = res_mem = Memory(shape=8 * C, depth=R, init=[], attrs=BLOCK_RAM)
+        res_w, res_r = res_mem.write_port(granularity=8), res_mem.read_port()
 
         m.d.sync += [ready.eq(self.i_ready_next), p_valid.eq(p_valid << 1)]
         with m.If(start):
@@ -185,11 +192,8 @@ class CompactOutput(wiring.Component):
         m.d.comb += sat.eq(Mux(desc.relu & neg, 0,
                                Mux(~neg & high.any(), 127,
                                    Mux(neg & ~high.all(), -128, yv[:8]))))
-        with m.If(p_valid[2]):
-            for rr in range(R):
-                for jj in range(C):
-                    with m.If((p_r[2] == rr) & (p_j[2] == jj)):
-                        m.d.sync += res[rr][jj].eq(sat)
+        m.d.comb += [res_w.addr.eq(p_r[2]), res_w.data.eq(Cat(*[sat] * C)),
+                     res_w.en.eq(Mux(p_valid[2], 1 << p_j[2], 0))]
         requant_done = Signal()             # the last value of the block reached res
         with m.If(start):
             m.d.sync += pending.eq(1)
@@ -200,11 +204,17 @@ class CompactOutput(wiring.Component):
         pool, hwc = desc.pool, desc.out_hwc
         with m.If(start):
             m.d.sync += [b_cog.eq(tag.cog), b_y.eq(tag.y), b_xg.eq(tag.xg)]
-        pbuf = [[Signal(act8, name=f"pbuf_{rr}_{q}") for q in range(H)] for rr in range(R)]
-        hold = [[Signal(act8, name=f"hold_{rr}_{q}") for q in range(H)] for rr in range(R)]
-        # The rows of res, pbuf and hold turn, a row a cycle, through row 0, where all that a
-        # word or the pooling needs is taken: row 0's pooled values.
-        pm = [_smax3(res[0][2 * q], res[0][2 * q + 1], pbuf[0][q]) for q in range(H)]
+        # pbuf and hold, a row of each in a word of another small memory.
+        m.submodules.pooled = ph_mem = Memory(shape=16 * H, depth=R, init=[], attrs=BLOCK_RAM)
+        ph_w, ph_r = ph_mem.write_port(granularity=8 * H), ph_mem.read_port()
+        # A pass reads the rows of res, pbuf and hold one a cycle, row tr in turn tr (read a
+        # cycle ahead), and writes the row's new pbuf or hold back in its place; all that a
+        # word or the pooling needs is taken from that row ("row 0" below: the memories' read
+        # data), and a pass leaves the rows where they were.
+        res0 = [res_r.data[8 * c:8 * c + 8].as_signed() for c in range(C)]
+        pbuf0 = [ph_r.data[8 * q:8 * q + 8].as_signed() for q in range(H)]
+        hold0 = [ph_r.data[8 * (H + q):8 * (H + q) + 8].as_signed() for q in range(H)]
+        pm = [_smax3(res0[2 * q], res0[2 * q + 1], pbuf0[q]) for q in range(H)]
         first_of_pair = pool & ~b_y[0]
         xw = Mux(pool, b_xg >> 1, b_xg)
         to_hold = pool & ~hwc & ~fc & ~b_xg[0] & (b_xg != desc.xgs - 1)
@@ -265,21 +275,17 @@ class CompactOutput(wiring.Component):
                          t_pbuf.eq(first_of_pair), t_hold.eq(~first_of_pair & to_hold),
                          t_write.eq(~first_of_pair & ~to_hold), wa.eq(base),
                          wch.eq(lut_mul(b_cog, R))]
-        with m.If(turning):
-            for rr in range(R):
-                m.d.sync += [res[rr][jj].eq(res[(rr + 1) % R][jj]) for jj in range(C)]
-                if rr < R - 1:
-                    m.d.sync += [pbuf[rr][q].eq(pbuf[rr + 1][q]) for q in range(H)]
-                    m.d.sync += [hold[rr][q].eq(hold[rr + 1][q]) for q in range(H)]
-            m.d.sync += [pbuf[R - 1][q].eq(Mux(t_pbuf, _smax(res[0][2 * q], res[0][2 * q + 1]),
-                                               pbuf[0][q])) for q in range(H)]
-            m.d.sync += [hold[R - 1][q].eq(Mux(t_hold, pm[q], hold[0][q])) for q in range(H)]
+        next_row = Mux(turning & (tr != R - 1), tr + 1, 0)
+        m.d.comb += [res_r.addr.eq(next_row), ph_r.addr.eq(next_row), ph_w.addr.eq(tr),
+                     ph_w.data.eq(Cat(*[_smax(res0[2 * q], res0[2 * q + 1]) for q in range(H)],
+                                      *pm)),
+                     ph_w.en.eq(Cat(turning & t_pbuf, turning & t_hold))]
 
         # The word's lanes and whether it exists.
         npix = Mux(pool, H, C)
         hw_mode = hwc | fc
         v = Mux(pool, Array(pm)[wr_p[:max(1, _clog2(H))] if H > 1 else 0],
-                Array(res[0])[wr_p])    # HWC: row 0's value of the pixel (fc: one, wr_p = 0)
+                Array(res0)[wr_p])      # HWC: row 0's value of the pixel (fc: one, wr_p = 0)
         hw_lanes = [Signal(act8, name=f"hw_lane_{c}") for c in range(C - 1)]
         for c in range(C - 1):
             with m.If(turning & (lane_i == c)):
@@ -288,10 +294,10 @@ class CompactOutput(wiring.Component):
         chw_vals = []
         for c in range(C):
             if c < H:
-                pooled = Mux(b_xg[0], hold[0][c], pm[c])
+                pooled = Mux(b_xg[0], hold0[c], pm[c])
             else:
                 pooled = Mux(b_xg[0], pm[c - H], 0)
-            chw_vals.append(Mux(pool, pooled, res[0][c]))
+            chw_vals.append(Mux(pool, pooled, res0[c]))
         k_abs = k0 + wr_k
         xw0 = lut_mul(xw, C)                # CHW: the word's first pixel
         vals, valid = [], []
