@@ -18,10 +18,10 @@ A block is handled in two phases, one after the other:
   and of the left halves of pooled words ``hold``), kept in two small memories (block RAMs on
   the iCE40), are read one row a cycle, a turn, and the words are formed from the row read:
   CHW, a word a turn; HWC and fc, a word of ``C`` rows' values of one pixel, one lane a turn,
-  in a pass of ``R`` turns per pixel; on lane ``wr[0]`` (the other lanes stay idle). A pooled block that
-  writes nothing takes its pair maxima into ``pbuf``, or its 2×2 maxima into ``hold``, in a
-  pass of its own. The word addresses are kept incrementally from a base worked out while the
-  block is requantized.
+  in a pass of ``R`` turns per pixel; on lane ``wr[0]`` (the other lanes stay idle). A pooled
+  block that writes nothing takes its pair maxima into ``pbuf``, or its 2×2 maxima into
+  ``hold``, in a pass of its own. The word addresses are kept incrementally from a base worked
+  out while the block is requantized.
 
 So a block takes about ``11·values + R`` cycles (HWC: ``+ R·pixels``), where
 :class:`~hw.output.OutputStage` takes ``u_n``; the PE array's credit rule makes the loader wait
