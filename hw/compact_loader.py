@@ -40,7 +40,7 @@ issue through one row register:
 
 Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming,
 and a cycle between blocks; a row with nothing to issue costs one scan cycle, hidden when the
-row before it has at least two slots to issue. So a fully skipped 3×3 group costs at most 3
+row before it has at least three slots to issue. So a fully skipped 3×3 group costs at most 3
 cycles instead of 9.
 
 Unlike :class:`~hw.loader.Loader` it does not latch ``desc`` at ``start``: the descriptor must
@@ -167,7 +167,11 @@ class CompactLoader(wiring.Component):
         s1 = Signal(S1)
         s1_ready = Signal()             # S1's row moves on (to RB, or dropped) in this cycle
         advance = Signal()              # S0's row moves to S1
-        m.d.comb += advance.eq(run & (~s1_valid | s1_ready))
+        rb_free = Signal()              # RB can take S1's row in this cycle (below)
+        # Not when S1's row is dropped (it has nothing to issue): that is known only from the
+        # flags read in this cycle, and S0's next row, its reads and its counters would wait on
+        # them. A dropped row leaves S1 empty for a cycle instead.
+        m.d.comb += advance.eq(run & (~s1_valid | rb_free))
 
         # Reads of S0's row: flag port 0 of each bank, the weight-skip word.
         for b in range(NB):
@@ -295,7 +299,6 @@ class CompactLoader(wiring.Component):
         # An empty row that ends its block only produces the block's end.
         end_only = Signal()
         m.d.comb += end_only.eq(rb_valid & can_issue & ~rb_mask.any())
-        rb_free = Signal()
         m.d.comb += rb_free.eq(~rb_valid | end_only | (issue & one_left))
         keep = Signal()                     # S1's row goes to RB (else it is dropped)
         m.d.comb += [keep.eq(issue_mask.any() | s1.last),
