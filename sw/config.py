@@ -220,8 +220,10 @@ CONFIGS = {
     "ecp5": Config(rows=32, cols=4, tile=(1, 1, 4), act_words=4096, weight_words=4096),
     # iCE40UP5K (iCEBreaker): 16 MACs on the 8 SB_MAC16 (two 8×8 products each).
     # The demo network's 20 groups of 8 output channels take 32 parameter words (4 block
-    # RAMs, where 64 take 7); its largest accumulator bound, 2,142,988, takes 23 bits.
+    # RAMs, where 64 take 7); its largest accumulator bound, 2,142,988, takes 23 bits; it has
+    # 5 layers of at most 64 channels (larger limits: 82 more logic cells, a block RAM).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
                    weight_words=8192, param_words=32, out_words=1, max_width=32, shadows=1,
+                   max_channels=64, max_layers=8, mask_words=512,
                    output="compact", loader="compact", bus="compact", acc_bits=24),
 }
