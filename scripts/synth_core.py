@@ -273,6 +273,8 @@ def markdown(entries, versions, wall, command):
                 return "-" if v is None else (f"{v} / {a}" if a else f"{v}")
             return f
         row("MACs (int8)", lambda e: str(e["macs"]))
+        if any("lc" in e for e in ok):      # iCE40: a logic cell holds a LUT and a flip-flop
+            row("logic cells", lambda e: frac("lc")(e) if "lc" in e else "-")
         row("LUT", frac("lut"))
         row("FF (harness)", lambda e: f"{e['ff']} ({e['harness_ff']})")
         row("DSP", frac("dsp"))
