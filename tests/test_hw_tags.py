@@ -29,7 +29,7 @@ def test_widths(cfg):
                                                                  ("xg", wd)]
     R, C = cfg.rows, cfg.cols
     assert slot_layout(cfg).size == 8 * C + 8 * R * C + 2 + tag.size
-    assert block_layout(cfg).size == 32 * R * C + tag.size
+    assert block_layout(cfg).size == cfg.acc_bits * R * C + tag.size
     assert param_layout(cfg).size == cfg.out_words * layout.PARAM_BITS
     assert (1 << index_width(cfg)) >= cfg.act_words
 
