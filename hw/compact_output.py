@@ -7,9 +7,9 @@ A block is handled in two phases, one after the other:
 
 * **requantize**: each of the block's values (conv: ``R × C``, only the rows with a channel;
   fc: ``R`` column sums) in turn: its parameters are read, ``x = acc + bias`` is registered (fc:
-  the row's ``C`` accumulators added one a cycle), the product ``x·m`` is built one bit of
+  the row's ``C`` accumulators added one a cycle), the product ``x·m`` is built two bits of
   ``m`` a cycle (shift-and-add in logic), then shifted, rounded, rectified and saturated into
-  the result buffer ``res`` — 19 cycles a value (fc: ``18 + C``), the rounding and saturation of
+  the result buffer ``res`` — 11 cycles a value (fc: ``10 + C``), the rounding and saturation of
   one overlapping the next one's product. The accumulators are read in their order, each from
   ``acc[0]`` while the PE array rotates the block one place a read (``i_step``,
   :class:`hw.pe_array.PEArray`'s ``o_step``): no multiplexer selects among them. The block is
@@ -23,7 +23,7 @@ A block is handled in two phases, one after the other:
   ``hold``, in a pass of its own. The word addresses are kept incrementally from a base worked
   out while the block is requantized.
 
-So a block takes about ``19·values + R`` cycles (HWC: ``+ R·pixels``), where
+So a block takes about ``11·values + R`` cycles (HWC: ``+ R·pixels``), where
 :class:`~hw.output.OutputStage` takes ``u_n``; the PE array's credit rule makes the loader wait
 for it.
 """
@@ -48,10 +48,10 @@ BLOCK_RAM = {"ram_style": "block"}
 class CompactOutput(wiring.Component):
     """One value at a time; the ports of :class:`hw.output.OutputStage`."""
 
-    #: Bits of the multiplier ``m`` taken per cycle: one adder of the product's width. On up5k
-    #: two bits a cycle take 96 more logic cells (8 cycles a value less), four 254 more (12
-    #: less): the up5k core then no longer fits the chip.
-    DIGIT = 1
+    #: Bits of the multiplier ``m`` taken per cycle: two adders of the multiplicand's width. On
+    #: up5k the core then takes 5,274 of the chip's 5,280 logic cells; one bit a cycle takes 102
+    #: fewer (8 cycles a value more), four bits 158 more, which do not fit.
+    DIGIT = 2
 
     @classmethod
     def block_cycles(cls, config):
