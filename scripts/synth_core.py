@@ -274,7 +274,7 @@ def markdown(entries, versions, wall, command):
             return f
         row("MACs (int8)", lambda e: str(e["macs"]))
         if any("lc" in e for e in ok):      # iCE40: a logic cell holds a LUT and a flip-flop
-            row("logic cells", lambda e: frac("lc")(e) if "lc" in e else "-")
+            row("logic cells", frac("lc"))
         row("LUT", frac("lut"))
         row("FF (harness)", lambda e: f"{e['ff']} ({e['harness_ff']})")
         row("DSP", frac("dsp"))
