@@ -19,15 +19,21 @@ issue through one row register:
   for ci, for ky``, with pooling the two rows of a pool window back to back; fc: ``for cog, for
   g``) and reads the row's flags: the ``NB`` consecutive words from the row's leftmost column,
   one per bank on flag port 0 (ports ``k ≥ 1`` are not used), and its group's weight-skip word.
+  The row's first word's address is a register, stepped from row to row (and the layer's steps
+  registered from ``desc``, in the cycle after ``start``), so the flag block RAMs' read
+  addresses come from registers through one incrementer: no product of counters.
 * **S1** forms the row's slot mask (a slot is skipped when all the words it reads are flagged,
   or it reads none, or its weight-skip bit is set; with skipping off every slot is issued),
-  counts the row's slots, and hands the row to RB; a row with no slot to issue is dropped (it
-  cost its scan cycle) unless it ends its block.
+  counts the row's slots, and hands the row to RB whenever RB can take it, without waiting on
+  the flags read in that cycle; a row with no slot to issue leaves RB in one cycle, with its
+  block's end if it ends its block.
 * **RB** issues the row's slots, lowest ``kx`` first, one per cycle: it reads the slot's words
-  (each once) and its weight word (conv: one bank). An fc slot takes ``C`` cycles: it reads
-  its ``C`` weight words one a cycle, bank ``C − 1`` last, as it issues; so at most one weight
-  read port is enabled in any cycle, and a weight word is used in the cycle after its read
-  (the core keeps the weights in one single-ported memory: the SPRAMs of an iCE40 UltraPlus).
+  (each once) and its weight word (conv: one bank). An fc slot takes ``C`` cycles: it goes out
+  as ``C`` column slots, column ``j``'s activation (the others 0) with its weight word, bank
+  ``j``, its act word read again for each; so every slot has one weight word, which the PE
+  array's rows broadcast over their columns (:func:`hw.tags.slot_layout`), and at most one
+  weight read port is enabled in any cycle (the core keeps the weights in one single-ported
+  memory: the SPRAMs of an iCE40 UltraPlus).
 * **D** forms the slot from the read data. **F** holds one slot, which leaves only when it is
   known whether it is its block's last: it ended its block's last row, or D holds the item after
   it (a slot of the same block, or the block's end, which seals it). A block with no issued slot
@@ -39,8 +45,9 @@ issue through one row register:
   need no multiplexer for ``first`` (:class:`~hw.pe_array.PEArray`).
 
 Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming,
-and a cycle between blocks; a row with nothing to issue costs one scan cycle, hidden when the
-row before it has at least three slots to issue. So a fully skipped 3×3 group costs at most 3
+and a cycle between blocks, and a cycle a layer to take the layer's steps; but a row takes at
+least two cycles (S0 moves a row on once S1 is empty), so a 1×1 conv issues a slot every
+other cycle, and a row with nothing to issue costs two. So a fully skipped 3×3 group costs 6
 cycles instead of 9.
 
 Unlike :class:`~hw.loader.Loader` it does not latch ``desc`` at ``start``: the descriptor must
@@ -54,6 +61,7 @@ it when ``loader = "compact"``).
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
+from amaranth.lib.wiring import Out
 
 from sw.layout import KIND_FC
 
@@ -71,7 +79,11 @@ class CompactLoader(wiring.Component):
         self.config = config
         self.credits = credits
         self._act_addr_bits, _, self._mask_addr_bits = address_bits(config)
-        super().__init__(loader_members(config))
+        # wgt_bank: the bank whose weight port is enabled in this cycle, if any; every bank's
+        # wgt_addr carries the word's in-bank address. So the core's one weight memory takes its
+        # row (in-bank address · C + bank) from registers, without waiting on the enables.
+        super().__init__({**loader_members(config),
+                          "wgt_bank": Out(range(max(config.cols, 2)))})
 
     def elaborate(self, platform):
         cfg = self.config
@@ -93,6 +105,10 @@ class CompactLoader(wiring.Component):
         k, s, p = L.kernel, L.stride, L.pad
 
         # -- S0: the row walk -------------------------------------------------------------------
+        # The row's addresses are kept in registers and stepped from row to row, so that none
+        # of them is a product of counters: the flag block RAMs' read addresses come from
+        # registers through one incrementer. The layer's constant steps come from `desc` one
+        # cycle late (`c_*`, registered every cycle): S0's first row needs none of them.
         run = Signal()                  # S0 holds a row
         cog = Signal(ch)
         y = Signal(wd)
@@ -101,25 +117,40 @@ class CompactLoader(wiring.Component):
         ci = Signal(ch)
         ky = Signal(range(KM))
         g = Signal(_bits(cfg.act_words))
-        chan = Signal(ASW)              # ci·S
         wrow = Signal(wt + 1)           # conv: weight index of (ci, ky, kx = 0); fc: of word g·NB
         wcog = Signal(wt + 1)           # the block's first weight index
         mcog = Signal(MBW + 1)          # the cog's first weight-skip word
         mrow = Signal(MBW + 1)          # the row's weight-skip word
         mbit = Signal(range(KM * KM))   # conv: ky·k
+        ybase = Signal(signed(XW))      # y·s − p: the input row of ky = 0
+        x0 = Signal(signed(XW))         # xg·s·C − p: leftmost column of the row's windows
+        yA = Signal(signed(ASW))        # ybase·in_p: its first word
+        A = Signal(signed(ASW))         # the row's first word: ci·in_s + (ybase + ky)·in_p
+        #                                 + x0 // C (fc: g·NB)
+        rot = Signal(lgNB)              # bank of the row's word 0: (A + ci) mod NB (fc: 0)
+
+        # The layer's constants.
+        c_sC = Signal(signed(XW))       # s·C: x0's step
+        c_sp = Signal(signed(ASW))      # s·in_p: yA's step
+        c_yA0 = Signal(signed(ASW))     # −p·in_p: yA of y = 0
+        c_dci = Signal(signed(ASW))     # in_s − (k − 1)·in_p: A's step to the next channel
+        c_last = {name: Signal(len(field), name=f"c_last_{name}")    # each counter's last value
+                  for name, field in (("ky", ky), ("ci", ci), ("g", g), ("xg", xg),
+                                      ("y", y), ("cog", cog))}
+        m.d.sync += [
+            c_sC.eq(lut_mul(s, C)), c_sp.eq(lut_mul(s, L.in_p)), c_yA0.eq(-lut_mul(p, L.in_p)),
+            c_dci.eq(L.in_s - lut_mul((k - 1)[:len(k)], L.in_p)),
+            c_last["ky"].eq(k - 1), c_last["ci"].eq(L.in_c - 1), c_last["g"].eq(L.groups - 1),
+            c_last["xg"].eq(L.xgs - 1), c_last["y"].eq(L.rows - 1), c_last["cog"].eq(L.cogs - 1),
+        ]
 
         iy = Signal(signed(XW))
-        x0 = Signal(signed(XW))         # leftmost column of the row's windows
-        m.d.comb += [iy.eq(lut_mul(y, s) + ky - p), x0.eq(lut_mul(xg, s) * C - p)]
+        m.d.comb += iy.eq(ybase + ky)
         row_ok = Signal()
         m.d.comb += row_ok.eq((iy >= 0) & (iy < L.in_h))
-        wlo = Signal(signed(XW))        # the row's first word (column x0 // C)
+        wlo = Signal(signed(XW))        # the row's first word's column: x0 // C
         m.d.comb += wlo.eq(x0 >> lgC)
-        # Logical address of the row's first word, and the word the bank b port reads.
-        A = Signal(signed(ASW))
-        m.d.comb += A.eq(Mux(fc, g << lgNB, chan + lut_mul(iy[:wd], L.in_p) + wlo))
-        rot = Signal(lgNB)              # bank of the row's word 0
-        m.d.comb += rot.eq(Mux(fc, 0, A + ci))
+        # The word the bank b port reads: the row's word i_b = (b − rot) mod NB.
         bank_addr = []
         for b in range(NB):
             i_b = Signal(lgNB, name=f"i_{b}") if lgNB else Const(0, 1)
@@ -149,13 +180,41 @@ class CompactLoader(wiring.Component):
             fc_exists = ((g << lgNB) + kx < L.in_words) if kx < NB else Const(0)
             m.d.comb += geo.exists[kx].eq(Mux(fc, fc_exists, conv_exists))
 
-        last_ky = ky == k - 1
-        last_ci = ci == L.in_c - 1
-        last_g = g == L.groups - 1
-        last_xg = xg == L.xgs - 1
-        last_y = Mux(L.pool, y + 1 >= L.rows, y == L.rows - 1)
-        last_cog = cog == L.cogs - 1
+        last_ky = ky == c_last["ky"]
+        last_ci = ci == c_last["ci"]
+        last_g = g == c_last["g"]
+        last_xg = xg == c_last["xg"]
+        last_y = Mux(L.pool, y >= c_last["y"], y == c_last["y"])
+        last_cog = cog == c_last["cog"]
         row_last = Mux(fc, last_g, last_ci & last_ky)
+
+        # The next block's window (conv), when this row ends its block.
+        y_n, xg_n, t_n = Signal.like(y), Signal.like(xg), Signal.like(t)
+        ybase_n, x0_n, yA_n = Signal.like(ybase), Signal.like(x0), Signal.like(yA)
+        m.d.comb += [y_n.eq(y), xg_n.eq(xg), t_n.eq(t), ybase_n.eq(ybase), x0_n.eq(x0),
+                     yA_n.eq(yA)]
+        down = [y_n.eq(y + 1), ybase_n.eq(ybase + s), yA_n.eq(yA + c_sp)]
+        right = [xg_n.eq(xg + 1), x0_n.eq(x0 + c_sC)]
+        row_start = [xg_n.eq(0), x0_n.eq(-p)] + down
+        with m.If(L.pool):
+            with m.If(~t):
+                m.d.comb += [t_n.eq(1)] + down
+            with m.Else():
+                m.d.comb += [t_n.eq(0), y_n.eq(y - 1), ybase_n.eq(ybase - s),
+                             yA_n.eq(yA - c_sp)] + right
+                with m.If(last_xg):
+                    m.d.comb += row_start
+        with m.Else():
+            m.d.comb += right
+            with m.If(last_xg):
+                m.d.comb += row_start
+        block_last = last_xg & Mux(L.pool, t & last_y, last_y)
+        prime = Signal()                # the cycle after start: the first block's window
+        with m.If(block_last | prime):
+            m.d.comb += [y_n.eq(0), t_n.eq(0), xg_n.eq(0), ybase_n.eq(-p), x0_n.eq(-p),
+                         yA_n.eq(c_yA0)]
+        A_n = Signal.like(A)            # the next block's first row's A
+        m.d.comb += A_n.eq(yA_n + (x0_n >> lgC))
 
         # -- S1 ----------------------------------------------------------------------------------
         s1_valid = Signal()
@@ -168,10 +227,10 @@ class CompactLoader(wiring.Component):
         s1_ready = Signal()             # S1's row moves on (to RB, or dropped) in this cycle
         advance = Signal()              # S0's row moves to S1
         rb_free = Signal()              # RB can take S1's row in this cycle (below)
-        # Not when S1's row is dropped (it has nothing to issue): that is known only from the
-        # flags read in this cycle, and S0's next row, its reads and its counters would wait on
-        # them. A dropped row leaves S1 empty for a cycle instead.
-        m.d.comb += advance.eq(run & (~s1_valid | rb_free))
+        # S1's row moves to RB whenever RB can take it, with or without a slot to issue (below);
+        # S0's row moves to S1 once S1 is empty. So a row takes at least two cycles, but the
+        # walk, its reads and S1's registers wait only on registers, not on RB and F.
+        m.d.comb += advance.eq(run & ~s1_valid)
 
         # Reads of S0's row: flag port 0 of each bank, the weight-skip word.
         for b in range(NB):
@@ -183,14 +242,20 @@ class CompactLoader(wiring.Component):
         m.d.comb += [self.busy.eq(~state_idle), self.done.eq(done)]
 
         with m.If(self.start):
+            d = self.desc
             m.d.sync += [skip.eq(self.skip), state_idle.eq(0), done.eq(0),
-                         run.eq(1), cog.eq(0), y.eq(0), t.eq(0), xg.eq(0), ci.eq(0), ky.eq(0),
-                         g.eq(0), chan.eq(0), mbit.eq(0),
-                         wrow.eq(Mux(self.desc.kind == KIND_FC, self.desc.wbase >> lgC,
-                                     self.desc.wbase)),
-                         wcog.eq(Mux(self.desc.kind == KIND_FC, self.desc.wbase >> lgC,
-                                     self.desc.wbase)),
-                         mcog.eq(self.desc.mbase), mrow.eq(self.desc.mbase)]
+                         cog.eq(0), y.eq(0), t.eq(0), xg.eq(0), ci.eq(0), ky.eq(0),
+                         g.eq(0), mbit.eq(0),
+                         wrow.eq(Mux(d.kind == KIND_FC, d.wbase >> lgC, d.wbase)),
+                         wcog.eq(Mux(d.kind == KIND_FC, d.wbase >> lgC, d.wbase)),
+                         mcog.eq(d.mbase), mrow.eq(d.mbase), A.eq(0), rot.eq(0)]
+            m.d.sync += [run.eq(0), prime.eq(1)]
+        with m.Elif(prime):
+            # The layer's constants are in: the first row's window and addresses (fc: 0).
+            m.d.sync += [run.eq(1), prime.eq(0)]
+            with m.If(~fc):
+                m.d.sync += [ybase.eq(ybase_n), x0.eq(x0_n), yA.eq(yA_n), A.eq(A_n),
+                             rot.eq(A_n)]
         with m.Elif(advance):
             m.d.sync += [
                 s1.geo.eq(geo), s1.last.eq(row_last),
@@ -198,37 +263,30 @@ class CompactLoader(wiring.Component):
                 s1.rot.eq(rot), s1.w.eq(wrow), s1.mbit.eq(mbit),
             ]
             m.d.sync += [s1.addr[b].eq(bank_addr[b]) for b in range(NB)]
-            # The next row.
+            # The next row (one adder steps A: fc, the next group; conv, the next ky or ci).
+            A_step = Mux(fc, NB, Mux(last_ky, c_dci, L.in_p))
+            m.d.sync += A.eq(A + A_step)
             with m.If(fc):
                 m.d.sync += [wrow.eq(wrow + NB), mrow.eq(mrow + 1), g.eq(g + 1)]
                 with m.If(last_g):
                     m.d.sync += [g.eq(0), cog.eq(cog + 1), mcog.eq(mcog + L.groups),
-                                 mrow.eq(mcog + L.groups),
+                                 mrow.eq(mcog + L.groups), A.eq(0),
                                  wrow.eq(wcog + L.in_words), wcog.eq(wcog + L.in_words)]
                     with m.If(last_cog):
                         m.d.sync += run.eq(0)
             with m.Else():
-                m.d.sync += [ky.eq(ky + 1), mbit.eq(mbit + k), wrow.eq(wrow + k)]
+                m.d.sync += [ky.eq(ky + 1), mbit.eq(mbit + k), wrow.eq(wrow + k),
+                             rot.eq(rot + L.in_p)]
                 with m.If(last_ky):
-                    m.d.sync += [ky.eq(0), mbit.eq(0), ci.eq(ci + 1), chan.eq(chan + L.in_s),
-                                 mrow.eq(mrow + 1)]
+                    m.d.sync += [ky.eq(0), mbit.eq(0), ci.eq(ci + 1), mrow.eq(mrow + 1),
+                                 rot.eq(rot + c_dci + 1)]
                     with m.If(last_ci):
                         # The block is done: the next block, from its first row.
-                        m.d.sync += [ci.eq(0), chan.eq(0), wrow.eq(wcog), mrow.eq(mcog)]
-                        with m.If(L.pool):
-                            with m.If(~t):
-                                m.d.sync += [t.eq(1), y.eq(y + 1)]
-                            with m.Else():
-                                m.d.sync += [t.eq(0), y.eq(y - 1), xg.eq(xg + 1)]
-                                with m.If(last_xg):
-                                    m.d.sync += [xg.eq(0), y.eq(y + 1)]
-                        with m.Else():
-                            m.d.sync += xg.eq(xg + 1)
-                            with m.If(last_xg):
-                                m.d.sync += [xg.eq(0), y.eq(y + 1)]
-                        block_last = last_xg & Mux(L.pool, t & last_y, last_y)
+                        m.d.sync += [ci.eq(0), wrow.eq(wcog), mrow.eq(mcog),
+                                     y.eq(y_n), t.eq(t_n), xg.eq(xg_n), ybase.eq(ybase_n),
+                                     x0.eq(x0_n), yA.eq(yA_n), A.eq(A_n), rot.eq(A_n)]
                         with m.If(block_last):
-                            m.d.sync += [y.eq(0), t.eq(0), xg.eq(0), cog.eq(cog + 1),
+                            m.d.sync += [cog.eq(cog + 1),
                                          wcog.eq(wrow + k), wrow.eq(wrow + k),
                                          mcog.eq(mcog + L.groups), mrow.eq(mcog + L.groups)]
                             with m.If(last_cog):
@@ -249,27 +307,14 @@ class CompactLoader(wiring.Component):
         wm = Signal.like(self.mask_data)
         m.d.comb += wm.eq(self.mask_data >> Mux(fc, 0, s1.mbit))
         issue_mask = Signal(W)
-        nwords = [Signal(range(NB + 1), name=f"nwords_{kx}") for kx in range(W)]
         for kx in range(W):
-            ok = s1.geo.ok[kx] if kx < KM else Const(0, C)
             if kx < KM:
-                # Columns inside the input are contiguous: the slot's words run from the first
-                # one's to the last one's.
-                first_off = Signal(range(max(NB, 2)), name=f"first_off_{kx}")
-                last_off = Signal(range(max(NB, 2)), name=f"last_off_{kx}")
-                for j in reversed(range(C)):
-                    with m.If(ok[j]):
-                        m.d.comb += first_off.eq(s1.geo.off[kx][j])
-                for j in range(C):
-                    with m.If(ok[j]):
-                        m.d.comb += last_off.eq(s1.geo.off[kx][j])
-                conv_n = Mux(ok.any(), last_off - first_off + 1, 0)
+                ok = s1.geo.ok[kx]
                 conv_flagged = Cat(*[~ok[j] | wflag.bit_select(s1.geo.off[kx][j], 1)
                                      for j in range(C)]).all()
             else:
-                conv_n, conv_flagged = Const(0), Const(1)
+                conv_flagged = Const(1)
             fc_flagged = wflag[kx] if kx < NB else Const(1)
-            m.d.comb += nwords[kx].eq(Mux(fc, 1, conv_n))
             flagged = Mux(fc, fc_flagged, conv_flagged)
             wskip = wm[kx] if kx < len(wm) else Const(0)
             m.d.comb += issue_mask[kx].eq(s1.geo.exists[kx]
@@ -284,37 +329,59 @@ class CompactLoader(wiring.Component):
         m.d.comb += low.eq(rb_mask & -rb_mask)
         one_left = Signal()
         m.d.comb += one_left.eq((rb_mask & ~low) == 0)
-        # An fc slot reads its C weight words one a cycle (the weights are one single-ported
-        # memory in the core): banks 0 … C−2 in the cycles before the slot issues (fetch), bank
-        # C−1 as it issues.
-        fph = Signal(range(C))              # the fc slot's next weight bank
-        fetch = Signal()
-        m.d.comb += fetch.eq(rb_valid & can_issue & rb_mask.any() & fc & (fph != C - 1))
-        with m.If(fetch):
-            m.d.sync += fph.eq(fph + 1)
+        # An fc slot is issued as C column slots, one a cycle: column j's activation (the
+        # others 0) and its weight word, bank j (the weights are one single-ported memory in
+        # the core, and every slot's weights are one word: tags.slot_layout).
+        col = Signal(range(max(C, 2)))      # fc: the slot's column being issued
         issue = Signal()
-        m.d.comb += issue.eq(rb_valid & can_issue & rb_mask.any() & (~fc | (fph == C - 1)))
-        with m.If(issue):
-            m.d.sync += fph.eq(0)
-        # An empty row that ends its block only produces the block's end.
+        m.d.comb += issue.eq(rb_valid & can_issue & rb_mask.any())
+        slot_done = Signal()                # the slot's last (conv: only) column slot
+        m.d.comb += slot_done.eq(~fc | (col == C - 1))
+        with m.If(issue & fc):
+            m.d.sync += col.eq(Mux(slot_done, 0, col + 1))
+        # A row with nothing to issue leaves in one cycle; if it ends its block, it produces
+        # the block's end.
+        empty = Signal()
         end_only = Signal()
-        m.d.comb += end_only.eq(rb_valid & can_issue & ~rb_mask.any())
-        m.d.comb += rb_free.eq(~rb_valid | end_only | (issue & one_left))
-        keep = Signal()                     # S1's row goes to RB (else it is dropped)
-        m.d.comb += [keep.eq(issue_mask.any() | s1.last),
-                     s1_ready.eq(s1_valid & (~keep | rb_free))]
-        with m.If(issue):
+        m.d.comb += [empty.eq(rb_valid & ~rb_mask.any()),
+                     end_only.eq(empty & rb.last & can_issue)]
+        m.d.comb += rb_free.eq(~rb_valid | (empty & (~rb.last | can_issue))
+                               | (issue & slot_done & one_left))
+        # Every row of S1 goes to RB, whether it has a slot to issue or not: its slot mask
+        # comes from the flags read in this cycle, and the moves of S1 and S0 do not wait on
+        # them.
+        m.d.comb += s1_ready.eq(s1_valid & rb_free)
+        with m.If(issue & slot_done):
             m.d.sync += rb_mask.eq(rb_mask & ~low)
         with m.If(rb_free):
             m.d.sync += rb_valid.eq(0)
-        with m.If(s1_ready & keep):
+        with m.If(s1_ready):
             m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask)]
 
-        # Counters: S1's row as it moves on.
-        slots = sum(s1.geo.exists[kx] for kx in range(W))
-        issued = sum(issue_mask[kx] for kx in range(W))
-        abytes = sum(Mux(issue_mask[kx], nwords[kx], 0) for kx in range(W))
-        go1 = s1_ready
+        # The words each slot of RB's row reads (conv: its columns inside the input are
+        # contiguous, so its words run from the first one's to the last one's; fc: one).
+        nwords = [Signal(range(NB + 1), name=f"nwords_{kx}") for kx in range(W)]
+        for kx in range(W):
+            conv_n = Const(0)
+            if kx < KM:
+                ok = rb.geo.ok[kx]
+                first_off = Signal(range(max(NB, 2)), name=f"first_off_{kx}")
+                last_off = Signal(range(max(NB, 2)), name=f"last_off_{kx}")
+                for j in reversed(range(C)):
+                    with m.If(ok[j]):
+                        m.d.comb += first_off.eq(rb.geo.off[kx][j])
+                for j in range(C):
+                    with m.If(ok[j]):
+                        m.d.comb += last_off.eq(rb.geo.off[kx][j])
+                conv_n = Mux(ok.any(), last_off - first_off + 1, 0)
+            m.d.comb += nwords[kx].eq(Mux(fc, 1, conv_n))
+        # Counters: S1's row, in the cycle after it moved to RB (from RB's registers, before
+        # RB issues any of its slots).
+        go1 = Signal()
+        m.d.sync += go1.eq(s1_ready)
+        slots = sum(rb.geo.exists[kx] for kx in range(W))
+        issued = sum(rb_mask[kx] for kx in range(W))
+        abytes = sum(Mux(rb_mask[kx], nwords[kx], 0) for kx in range(W))
         m.d.sync += [
             self.issue_slots.eq(Mux(go1, slots, 0)),
             self.issue_slots_skipped.eq(Mux(go1, slots - issued, 0)),
@@ -344,20 +411,12 @@ class CompactLoader(wiring.Component):
             conv_en = Cat(*[kx_ok[j] & (kx_bank[j] == b) for j in range(C)]).any()
             m.d.comb += [self.act_addr[b].eq(rb.addr[b]),
                          self.act_en[b].eq(issue & Mux(fc, kx_i == b, conv_en))]
-        wbank = Signal(range(max(C, 2)))
-        m.d.comb += wbank.eq(wi[:lgC] if lgC else 0)
+        wbank = Signal(range(max(C, 2)))    # the weight bank read (fc: the column)
+        m.d.comb += wbank.eq(Mux(fc, col, wi[:lgC] if lgC else 0))
+        m.d.comb += self.wgt_bank.eq(wbank)
         for j in range(C):
             m.d.comb += [self.wgt_addr[j].eq(Mux(fc, wi, wi >> lgC)),
-                         self.wgt_en[j].eq(Mux(fc, (fetch | issue) & (fph == j),
-                                               issue & (wbank == j)))]
-        # The fc slot's words of banks 0 … C−2, taken in the cycle after each is read.
-        wlat = [Signal(R * 8, name=f"wlat_{j}") for j in range(C - 1)]
-        fetched = Signal(range(C))
-        fetched_valid = Signal()
-        m.d.sync += [fetched.eq(fph), fetched_valid.eq(fetch)]
-        for j in range(C - 1):
-            with m.If(fetched_valid & (fetched == j)):
-                m.d.sync += wlat[j].eq(self.wgt_data[j].as_value())
+                         self.wgt_en[j].eq(issue & (wbank == j))]
 
         # -- D: the slot from the read data -------------------------------------------------------
         d_valid = Signal()                  # a slot or a block's end is in D
@@ -382,14 +441,12 @@ class CompactLoader(wiring.Component):
         slot = Signal(slot_layout(cfg))
         words = Array(word.as_value() for word in self.act_data)
         fc_word = words[d_kx[:lgNB] if lgNB else 0]
-        conv_wgt = Array(word.as_value() for word in self.wgt_data)[d_wbank]
+        m.d.comb += slot.wgt.as_value().eq(
+            Array(word.as_value() for word in self.wgt_data)[d_wbank])
         for j in range(C):
             conv_x = Mux(d_ok[j], words[d_bank[j]].word_select(d_lane[j], 8), 0)
-            m.d.comb += slot.act[j].eq(Mux(d_fc, fc_word.word_select(j, 8), conv_x))
-            for r in range(R):
-                fc_w = (wlat[j].word_select(r, 8) if j < C - 1
-                        else self.wgt_data[j].as_value().word_select(r, 8))
-                m.d.comb += slot.wgt[r * C + j].eq(Mux(d_fc, fc_w, conv_wgt.word_select(r, 8)))
+            fc_x = Mux(d_wbank == j, fc_word.word_select(j, 8), 0)
+            m.d.comb += slot.act[j].eq(Mux(d_fc, fc_x, conv_x))
         m.d.comb += slot.tag.eq(d_tag)
 
         # -- F: the slot on o; it leaves once its block's last bit is known -----------------------
@@ -407,16 +464,21 @@ class CompactLoader(wiring.Component):
         # No slot leaves in the cycle after a block's last: the PE array clears its
         # accumulators then instead of loading them on a block's first slot (hw/pe_array.py).
         gap = Signal()
-        m.d.comb += pop.eq(full & ~gap & (f.last | d_valid)
-                           & (~last | (outstanding < self.credits)))
+        credit = Signal(init=1)             # outstanding < credits (a register)
+        m.d.comb += pop.eq(full & ~gap & (f.last | d_valid) & (~last | credit))
         m.d.sync += gap.eq(pop & last)
         m.d.comb += [self.o.valid.eq(pop), self.o.payload.eq(f), self.o.payload.last.eq(last)]
-        m.d.sync += outstanding.eq(outstanding + (pop & last) - self.block_done)
+        outstanding_next = outstanding + (pop & last) - self.block_done
+        m.d.sync += [outstanding.eq(outstanding_next),
+                     credit.eq(outstanding_next < self.credits)]
 
         # D's item moves on when F is empty or leaves: a slot or a zero slot into F, or the
         # seal, which leaves with F's slot.
         d_take = Signal()
-        m.d.comb += [d_take.eq(d_valid & (~full | pop)), can_issue.eq(~d_valid | d_take)]
+        m.d.comb += d_take.eq(d_valid & (~full | pop))
+        # (= ~d_valid | d_take, written out in registers: RB's issue and its reads wait on it)
+        m.d.comb += can_issue.eq(~d_valid | ~full
+                                 | (~gap & (credit | (~f.last & (d_slot | ~blk_issued)))))
         new = Signal(slot_layout(cfg))
         m.d.comb += [new.eq(slot), new.first.eq(~blk_issued), new.last.eq(d_end)]
         zero = Signal(slot_layout(cfg))
@@ -431,7 +493,7 @@ class CompactLoader(wiring.Component):
             with m.Else():                  # a block with no issued slot: one zero slot
                 m.d.sync += [f.eq(zero), full.eq(1)]
 
-        with m.If(~state_idle & ~self.start & ~run & ~s1_valid & ~rb_valid & ~d_valid
+        with m.If(~state_idle & ~self.start & ~prime & ~run & ~s1_valid & ~rb_valid & ~d_valid
                   & ~full):
             m.d.sync += [state_idle.eq(1), done.eq(1)]
         with m.If(self.start):

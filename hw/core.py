@@ -761,13 +761,12 @@ class Core(wiring.Component):
                                  wgt_r[j].en.eq(loader.wgt_en[j])]
         else:
             # One memory, row = in-bank address · C + bank; the loader enables one bank's port
-            # at a time (hw/compact_loader.py).
-            with m.If(busy_at["wgt", 0]):
-                for j in range(C):
-                    with m.If(loader.wgt_en[j]):
-                        m.d.comb += [wgt_r[0].addr.eq(Cat(Const(j, (C - 1).bit_length()),
-                                                          loader.wgt_addr[j])),
-                                     wgt_r[0].en.eq(1)]
+            # at a time, and names that bank in wgt_bank (hw/compact_loader.py). Only while it
+            # runs: between layers the sequencer reads and writes the memory (above).
+            with m.If(busy_at["wgt", 0] & loader.busy):
+                m.d.comb += [wgt_r[0].addr.eq(Cat(loader.wgt_bank[:(C - 1).bit_length()],
+                                                  loader.wgt_addr[0])),
+                             wgt_r[0].en.eq(Cat(*loader.wgt_en).any())]
         with m.If(busy_at["misc"]):
             m.d.comb += [mask_r.addr.eq(loader.mask_addr), mask_r.en.eq(loader.mask_en)]
         for b in range(NB):

@@ -108,7 +108,10 @@ class PEArray(wiring.Component):
         c1, c2 = Signal(ctl), Signal(ctl, attrs=KEEP)
         m.d.sync += [c1.eq(c0), c2.eq(c1)]
         # Stages 1 and 2: the products (PE k is row k // C, column k % C).
-        operands = [(act[k // C].word_select(k % C, cfg.act_bits), s0_wgt[k]) for k in range(N)]
+        # (With the compact loader, one weight a row: tags.slot_layout.)
+        wgt_of = ((lambda k: s0_wgt[k // C]) if cfg.loader == "compact"
+                  else (lambda k: s0_wgt[k]))
+        operands = [(act[k // C].word_select(k % C, cfg.act_bits), wgt_of(k)) for k in range(N)]
         prod = [p[:2 * cfg.act_bits].as_signed()
                 for p in registered_products(m, operands, "mul", platform)]
 

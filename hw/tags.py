@@ -25,11 +25,16 @@ def block_tag(config):
 
 
 def slot_layout(config):
-    """Payload of the slot stream (loader → PE array)."""
+    """Payload of the slot stream (loader → PE array): ``act[j]`` and ``wgt[r·C + j]``.
+
+    With the compact loader (``Config.loader = "compact"``), ``wgt[r]``: one weight per row,
+    the same for every column, as every conv slot has; it issues an fc slot as ``C`` column
+    slots, column ``j``'s activation (the others 0) with its weights (hw/compact_loader.py)."""
     R, C = config.rows, config.cols
     return data.StructLayout({
         "act": data.ArrayLayout(signed(config.act_bits), C),
-        "wgt": data.ArrayLayout(signed(config.weight_bits), R * C),
+        "wgt": data.ArrayLayout(signed(config.weight_bits),
+                                R if config.loader == "compact" else R * C),
         "first": 1,
         "last": 1,
         "tag": block_tag(config),

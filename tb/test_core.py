@@ -202,7 +202,7 @@ async def check_program(bus, program, x, skip):
             issued = sw_["issue_slots"] - sw_["issue_slots_skipped"]
             issued_total += issued
             # The stated bound (docs/ARCHITECTURE.md, "Counters"): per block, its issued slots
-            # plus one scan cycle per group (the compact loader: per kernel row) plus its output
+            # plus one scan cycle per group (the compact loader: two per kernel row) plus its output
             # time (R/OW steps; the compact output stage: CompactOutput.block_cycles; with
             # Config.shadows set, also the credit loop's), plus the pipeline's latency and the
             # last block's writes.
@@ -212,7 +212,7 @@ async def check_program(bus, program, x, skip):
             U = cfg.rows // cfg.out_words
             rows_per_group = (d["kernel"] if cfg.loader == "compact"
                               and d["kind"] == layout.KIND_CONV else 1)
-            scans = plan.groups * rows_per_group
+            scans = plan.groups * rows_per_group * (2 if cfg.loader == "compact" else 1)
             loop = PEArray.CREDIT_LOOP if cfg.shadows else 0
             out = CompactOutput.block_cycles(cfg) if cfg.output == "compact" else U
             # the compact loader reads an fc slot's C weight words in C cycles

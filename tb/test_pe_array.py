@@ -22,20 +22,24 @@ from tb.common import config_from_env, pack, unpack
 def _blocks(cfg, rng, n_blocks, *, big=False):
     """Random blocks: a list of (slots, expected acc, tag)."""
     R, C = cfg.rows, cfg.cols
+    compact = cfg.loader == "compact"
+    NW = R if compact else R * C        # the slot's weights
     out = []
     for _ in range(n_blocks):
         tag = {"cog": rng.randrange(cfg.max_channels + 1),
                "y": rng.randrange(cfg.max_width + 1), "xg": rng.randrange(cfg.max_width + 1)}
         kind = rng.random()
         if kind < 0.15:      # a block with no issued slot
-            slots = [dict(act=[0] * C, wgt=[0] * (R * C))]
+            slots = [dict(act=[0] * C, wgt=[0] * NW)]
         else:
             n = rng.randint(1, 40 if big else 6)
             slots = []
             for _ in range(n):
                 lo = -128 if rng.random() < 0.5 else -3
                 act = [rng.randint(lo, -lo - 1) for _ in range(C)]
-                if rng.random() < 0.5:   # conv: broadcast w[r] over j
+                if compact:              # one weight a row (hw/tags.slot_layout)
+                    wgt = [rng.randint(-128, 127) for _ in range(R)]
+                elif rng.random() < 0.5:   # conv: broadcast w[r] over j
                     w = [rng.randint(-128, 127) for _ in range(R)]
                     wgt = [w[r] for r in range(R) for _ in range(C)]
                 else:
@@ -44,7 +48,7 @@ def _blocks(cfg, rng, n_blocks, *, big=False):
         acc = np.zeros(R * C, dtype=np.int64)
         for s in slots:
             a = np.array(s["act"], dtype=np.int64)
-            w = np.array(s["wgt"], dtype=np.int64).reshape(R, C)
+            w = np.array(s["wgt"], dtype=np.int64).reshape(R, NW // R)   # compact: broadcast
             acc += (w * a[None, :]).reshape(-1)
         acc = ((acc + 2 ** (cfg.acc_bits - 1)) % 2 ** cfg.acc_bits) - 2 ** (cfg.acc_bits - 1)
         for k, s in enumerate(slots):
