@@ -104,8 +104,9 @@ async def load_program(bus, program):
     return image
 
 
-async def run_image(bus, program, xq, skip):
-    """One image through the core; returns (raw outputs, per-layer counters, run cycles)."""
+async def run_image(bus, program, xq, skip, limit):
+    """One image through the core; returns (raw outputs, per-layer counters, run cycles).
+    A run still busy after ``limit`` cycles fails, naming the layers that have not finished."""
     cfg = program.config
     words, flags, _ = layout.pack_input(program, xq[None])
     first = program.layers[0]
@@ -117,10 +118,12 @@ async def run_image(bus, program, xq, skip):
     await bus.write(Region.CTRL, 0, layout.run_word(n, skip, program.epsilon))
     while True:
         status = layout.unpack_status(await bus.read(Region.CTRL, 0))
-        if not status["busy"]:
+        if not status["busy"] or status["cycles"] > limit:
             break
         for _ in range(50):
             await RisingEdge(bus.dut.clk)
+    if status["busy"]:
+        raise AssertionError(f"still busy after {status['cycles']} cycles (bound {limit})")
     assert status["done"] and not status["error"], status
     last = program.layers[-1]
     oidx, lane = layout.element_index(tuple(last.out_shape), True, cfg)
@@ -180,46 +183,49 @@ def sparse_input(rng, n, ci, size):
     return x
 
 
+def busy_bound(program, i, issued):
+    """The stated bound on layer i's busy cycles (docs/ARCHITECTURE.md, "Counters"): per block,
+    its issued slots plus one scan cycle per group (the compact loader: two per kernel row)
+    plus its output time (R/OW steps; the compact output stage: CompactOutput.block_cycles;
+    with Config.shadows set, also the credit loop's), plus the pipeline's latency and the last
+    block's writes."""
+    cfg = program.config
+    plan = layout.plan(program)[i]
+    d = plan.desc
+    blocks = d["cogs"] * d["rows"] * d["xgs"]
+    U = cfg.rows // cfg.out_words
+    rows_per_group = (d["kernel"] if cfg.loader == "compact"
+                      and d["kind"] == layout.KIND_CONV else 1)
+    scans = plan.groups * rows_per_group * (2 if cfg.loader == "compact" else 1)
+    loop = PEArray.CREDIT_LOOP if cfg.shadows else 0
+    out = CompactOutput.block_cycles(cfg) if cfg.output == "compact" else U
+    # the compact loader reads an fc slot's C weight words in C cycles
+    per_slot = cfg.cols if cfg.loader == "compact" and d["kind"] == layout.KIND_FC else 1
+    return issued * per_slot + blocks * (scans + out + 1 + loop) + out + 36
+
+
 async def check_program(bus, program, x, skip):
     """Run every image of ``x``, assert outputs and counters; return the per-image counters."""
-    cfg = program.config
     xq = quantize_input(program, x)
     raw, flags = forward(program, xq)
     await load_program(bus, program)
     all_counts = []
     for n in range(len(xq)):
-        got, counts, cycles = await run_image(bus, program, xq[n], skip)
+        expect = network_stats(program, [f[n:n + 1] for f in flags], skip=skip)
+        bounds = [busy_bound(program, i, s["issue_slots"] - s["issue_slots_skipped"])
+                  for i, s in enumerate(expect)]
+        # (the layers' busy cycles, and a generous allowance for the sequencer between them)
+        got, counts, cycles = await run_image(bus, program, xq[n], skip,
+                                              limit=2 * sum(bounds) + 1000)
         all_counts.append(counts)
         assert np.array_equal(got, raw[n]), f"image {n}: {got} != {raw[n]}"
-        expect = network_stats(program, [f[n:n + 1] for f in flags], skip=skip)
-        issued_total = 0
         for i, (hw, sw_) in enumerate(zip(counts, expect)):
             for key in ("issue_slots", "issue_slots_skipped", "act_bytes_read",
                         "weight_bytes_read"):
                 assert hw[key] == sw_[key], f"image {n} layer {i} {key}: {hw[key]} != {sw_[key]}"
             if i + 1 < len(flags):
                 assert hw["out_tiles_flagged"] == int(flags[i + 1][n].sum()), (n, i)
-            issued = sw_["issue_slots"] - sw_["issue_slots_skipped"]
-            issued_total += issued
-            # The stated bound (docs/ARCHITECTURE.md, "Counters"): per block, its issued slots
-            # plus one scan cycle per group (the compact loader: two per kernel row) plus its output
-            # time (R/OW steps; the compact output stage: CompactOutput.block_cycles; with
-            # Config.shadows set, also the credit loop's), plus the pipeline's latency and the
-            # last block's writes.
-            plan = layout.plan(program)[i]
-            d = plan.desc
-            blocks = d["cogs"] * d["rows"] * d["xgs"]
-            U = cfg.rows // cfg.out_words
-            rows_per_group = (d["kernel"] if cfg.loader == "compact"
-                              and d["kind"] == layout.KIND_CONV else 1)
-            scans = plan.groups * rows_per_group * (2 if cfg.loader == "compact" else 1)
-            loop = PEArray.CREDIT_LOOP if cfg.shadows else 0
-            out = CompactOutput.block_cycles(cfg) if cfg.output == "compact" else U
-            # the compact loader reads an fc slot's C weight words in C cycles
-            per_slot = (cfg.cols if cfg.loader == "compact" and d["kind"] == layout.KIND_FC
-                        else 1)
-            bound = issued * per_slot + blocks * (scans + out + 1 + loop) + out + 36
-            assert 0 < hw["busy_cycles"] <= bound, (n, i, hw["busy_cycles"], bound)
+            assert 0 < hw["busy_cycles"] <= bounds[i], (n, i, hw["busy_cycles"], bounds[i])
         assert cycles >= sum(c["busy_cycles"] for c in counts)
     return all_counts
 
