@@ -97,13 +97,21 @@ def flag_ports(config):
     return 1 if config.loader == "compact" else config.max_kernel
 
 
-class _Counter(Elaboratable):
-    """A COUNTER_BITS accumulator cleared by ``clear`` and advanced by ``inc``."""
+def _count_up(value):
+    """``value + 1``, or ``value`` where it would wrap: 32-bit cycle counters wrap (the host's
+    word could not show more), narrower ones stop at their largest value."""
+    if len(value) >= COUNTER_BITS:
+        return value + 1
+    return value + ~value.all()
 
-    def __init__(self):
+
+class _Counter(Elaboratable):
+    """A ``width``-bit accumulator cleared by ``clear`` and advanced by ``inc``."""
+
+    def __init__(self, width):
         self.clear = Signal()
-        self.inc = Signal(COUNTER_BITS)
-        self.value = Signal(COUNTER_BITS)
+        self.inc = Signal(width)
+        self.value = Signal(width)
 
     def elaborate(self, platform):
         m = Module()
@@ -172,7 +180,7 @@ class Core(wiring.Component):
         busy = Signal(attrs=KEEP)  # not merged into its copies (busy_at)
         done = Signal()
         error = Signal()
-        run_cycles = Signal(COUNTER_BITS)
+        run_cycles = Signal(cfg.counter_bits)
         n_layers = Signal(8)
         layer = Signal(range(cfg.max_layers + 1))
         skip = Signal()
@@ -597,11 +605,14 @@ class Core(wiring.Component):
         # (a run while busy is refused, d_bad), so busy's next value does not depend on busy.
         m.d.comb += run.eq(strobe("run", 1, k_cmd.region == Region.CTRL, port=None))
 
-        counters = {name: _Counter() for name in COUNTERS if name != "busy_cycles"}
+        # (Config.counter_bits wide: sw/layout.py refuses a layer whose counts could pass
+        # their largest value; the cycle counters stop there, _count_up.)
+        counters = {name: _Counter(cfg.counter_bits) for name in COUNTERS
+                    if name != "busy_cycles"}
         for name, counter in counters.items():
             m.submodules[f"count_{name}"] = counter
-        busy_time = Signal(COUNTER_BITS)     # cycles since the layer started
-        last_write = Signal(COUNTER_BITS)    # busy_time just after the layer's latest write
+        busy_time = Signal(cfg.counter_bits)     # cycles since the layer started
+        last_write = Signal(cfg.counter_bits)    # busy_time just after the layer's latest write
         # Blocks the PE array got (their last slot) and the output stage has not yet taken: at
         # most the loader's credits.
         blocks = Signal(range(PEArray.credits(cfg) + 1))
@@ -632,14 +643,15 @@ class Core(wiring.Component):
                              wgt_w[0].en.eq(Mux(count_en, 1 << count_addr[:kw], 0))]
 
         with m.If(busy):
-            m.d.sync += run_cycles.eq(run_cycles + 1)
+            m.d.sync += run_cycles.eq(_count_up(run_cycles))
         m.d.sync += blocks.eq(blocks + (pe.i.valid & pe.i.payload.last)
                               - (out.i.valid & out.i.ready))
 
         self._connect_compute(m, cfg, loader, out, counters, busy_at, in_buf, act_r, act_w,
                               flag_r, flag_w, wgt_r, mask_r, param_data)
         with m.If(Cat(lane.en for lane in out.wr).any()):    # (landing a cycle later, or
-            m.d.sync += last_write.eq(busy_time + (cfg.output != "compact"))   # at once)
+            m.d.sync += last_write.eq(busy_time if cfg.output == "compact"     # at once)
+                                      else _count_up(busy_time))
 
         # The layer has drained: a register, high from the second cycle on in which the loader
         # is done, every block the PE array got has been taken by the output stage and nothing
@@ -699,7 +711,7 @@ class Core(wiring.Component):
                     m.d.comb += loader.start.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.sync += busy_time.eq(busy_time + 1)
+                m.d.sync += busy_time.eq(_count_up(busy_time))
                 with m.If(drained):
                     m.d.sync += store.eq(0)
                     m.next = "STORE"

@@ -178,6 +178,13 @@ def plan(program):
             "out_s": _round_up(oh * _cdiv(ow, C), NB), "out_q": _cdiv(oc, C),
             "wbase": wbase, "mbase": mbase, "pbase": pbase,
         }
+        # The counters (Config.counter_bits): the layer's slots with skipping off, and at
+        # most that many times a slot's bytes.
+        n_slots = cogs * rows * xgs * slots
+        count_max = n_slots * max(NB * C, R * C if layer.kind == "fc" else R)
+        _check(count_max < 2 ** cfg.counter_bits, where,
+               f"its counters could reach {count_max} ({n_slots} slots), beyond the "
+               f"accelerator's {cfg.counter_bits}-bit counters")
         for what, n in (("input", in_words), ("output", out_words)):
             _check(n <= cfg.act_words, where, f"the {what} needs {n} activation words, a buffer "
                                               f"holds {cfg.act_words}")

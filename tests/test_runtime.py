@@ -105,10 +105,11 @@ def test_config_validation():
         Config(bus="serial")
     with pytest.raises(ConfigError, match="Config.shadows must be a non-negative integer, not -1"):
         Config(shadows=-1)
-    for bits in (15, 33, 24.0):
-        with pytest.raises(ConfigError, match=f"Config.acc_bits must be an integer from 16 to "
-                                              f"32, not {bits}"):
-            Config(acc_bits=bits)
+    for name in ("acc_bits", "counter_bits"):
+        for bits in (15, 33, 24.0, True):
+            with pytest.raises(ConfigError, match=f"Config.{name} must be an integer from 16 "
+                                                  f"to 32, not {bits}"):
+                Config(**{name: bits})
     # A kernel row of 2 windows at stride 2 and kernel 3 spans 5 pixels, 3 words: 2 banks hold
     # one window (the pipelined loader's need) but not the row.
     small = dict(cols=2, tile=(1, 1, 2), act_banks=2, out_words=1)

@@ -224,6 +224,25 @@ def test_layout_refuses_layers_beyond_the_accumulators():
                 layout.plan(narrow)
 
 
+def test_layout_refuses_layers_beyond_the_counters():
+    """A layer that could count past Config.counter_bits is refused, naming it; the bound it is
+    held to is never below what it counts (skipping off: every slot)."""
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
+    x = torch.rand(1, 4, 16, 16)
+    program = compile_model(model, x, config=SMALL.replace(counter_bits=18))
+    _, flags = forward(program, quantize_input(program, x))
+    stats = network_stats(program, flags, skip=False)[0]
+    counts = [stats[k] for k in ("issue_slots", "act_bytes_read", "weight_bytes_read")]
+    assert 2 ** 16 <= max(counts) < 2 ** 18     # 16-bit counters would not hold them
+    narrow = Program(SMALL.replace(counter_bits=16), program.layers, program.input_shape,
+                     program.input_scale, program.epsilon)
+    with pytest.raises(layout.LayoutError,
+                       match=rf"layer 0 \('0'\): its counters could reach \d+ "
+                             rf"\({stats['issue_slots']} slots\), beyond the accelerator's "
+                             rf"16-bit counters"):
+        layout.plan(narrow)
+
+
 def test_binary_mode_is_refused_until_the_datapath_has_it():
     program, _ = _random_program(3, SMALL)
     program.layers[0].mode = "binary"
