@@ -59,6 +59,9 @@ The row's ``NB`` words must cover the columns of all its slots:
 it when ``loader = "compact"``).
 """
 
+import functools
+import operator
+
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import Out
@@ -210,11 +213,15 @@ class CompactLoader(wiring.Component):
                 m.d.comb += row_start
         block_last = last_xg & Mux(L.pool, t & last_y, last_y)
         prime = Signal()                # the cycle after start: the first block's window
-        with m.If(block_last | prime):
+        settle = Signal()               # and the cycle after that: the next A_n is worked out
+        with m.If(block_last):
             m.d.comb += [y_n.eq(0), t_n.eq(0), xg_n.eq(0), ybase_n.eq(-p), x0_n.eq(-p),
                          yA_n.eq(c_yA0)]
-        A_n = Signal.like(A)            # the next block's first row's A
-        m.d.comb += A_n.eq(yA_n + (x0_n >> lgC))
+        # The next block's first row's A, registered: S0's row changes at most every other
+        # cycle (advance waits for S1 to be empty; after start, for settle), so A_n has been
+        # worked out from the row's registers by the time the row moves on.
+        A_n = Signal.like(A)
+        m.d.sync += A_n.eq(yA_n + (x0_n >> lgC))
 
         # -- S1 ----------------------------------------------------------------------------------
         s1_valid = Signal()
@@ -252,10 +259,12 @@ class CompactLoader(wiring.Component):
             m.d.sync += [run.eq(0), prime.eq(1)]
         with m.Elif(prime):
             # The layer's constants are in: the first row's window and addresses (fc: 0).
-            m.d.sync += [run.eq(1), prime.eq(0)]
+            m.d.sync += [settle.eq(1), prime.eq(0)]
             with m.If(~fc):
-                m.d.sync += [ybase.eq(ybase_n), x0.eq(x0_n), yA.eq(yA_n), A.eq(A_n),
-                             rot.eq(A_n)]
+                A_0 = c_yA0 + (-p >> lgC)
+                m.d.sync += [ybase.eq(-p), x0.eq(-p), yA.eq(c_yA0), A.eq(A_0), rot.eq(A_0)]
+        with m.Elif(settle):
+            m.d.sync += [run.eq(1), settle.eq(0)]
         with m.Elif(advance):
             m.d.sync += [
                 s1.geo.eq(geo), s1.last.eq(row_last),
@@ -325,8 +334,22 @@ class CompactLoader(wiring.Component):
         rb = Signal(S1)
         rb_mask = Signal(W)                 # slots still to issue
         can_issue = Signal()                # D will have room for the slot (F takes its own: below)
+        # Per slot kx, the banks it reads: from S1's row as it moves in, so that the reads'
+        # enables wait on RB's mask only.
+        s1_ben = Signal(data.ArrayLayout(NB, W))
+        rb_ben = Signal.like(s1_ben)
+        for kx in range(W):
+            conv_ben = Const(0, NB)
+            if kx < KM:
+                bank = [(s1.rot + s1.geo.off[kx][j])[:lgNB] if lgNB else 0 for j in range(C)]
+                conv_ben = Cat(*[Cat(*[s1.geo.ok[kx][j] & (bank[j] == b)
+                                       for j in range(C)]).any() for b in range(NB)])
+            fc_ben = Const(1 << kx, NB) if kx < NB else Const(0, NB)
+            m.d.comb += s1_ben[kx].eq(Mux(fc, fc_ben, conv_ben))
         low = Signal(W)                     # lowest set bit of rb_mask
         m.d.comb += low.eq(rb_mask & -rb_mask)
+        LW = len(Signal(range(W)))          # bits of a slot's kx
+        rb_w_up = Signal(wt + 1 - LW)        # RB's rb.w[LW:] + 1
         one_left = Signal()
         m.d.comb += one_left.eq((rb_mask & ~low) == 0)
         # An fc slot is issued as C column slots, one a cycle: column j's activation (the
@@ -356,7 +379,8 @@ class CompactLoader(wiring.Component):
         with m.If(rb_free):
             m.d.sync += rb_valid.eq(0)
         with m.If(s1_ready):
-            m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask)]
+            m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask), rb_ben.eq(s1_ben),
+                         rb_w_up.eq(s1.w[LW:] + 1)]
 
         # The words each slot of RB's row reads (conv: its columns inside the input are
         # contiguous, so its words run from the first one's to the last one's; fc: one).
@@ -405,12 +429,17 @@ class CompactLoader(wiring.Component):
         kx_bank = [Signal(range(max(NB, 2)), name=f"kx_bank_{j}") for j in range(C)]
         for j in range(C):
             m.d.comb += kx_bank[j].eq((rb.rot + kx_off[j])[:lgNB] if lgNB else 0)
-        wi = Signal(wt + 1)                 # conv: weight index; fc: in-bank weight address
-        m.d.comb += wi.eq(rb.w + kx_i)
+        kx_ben = Signal(NB)
+        m.d.comb += kx_ben.eq(functools.reduce(operator.or_, [Mux(low[kx], rb_ben[kx], 0)
+                                                              for kx in range(W)]))
+        # conv: weight index; fc: in-bank weight address: rb.w + kx_i, its carry out of the low
+        # bits selecting rb.w's high bits or their increment (rb_w_up, registered with RB).
+        wi = Signal(wt + 1)
+        lo = Signal(LW + 1)
+        m.d.comb += [lo.eq(rb.w[:LW] + kx_i),
+                     wi.eq(Cat(lo[:LW], Mux(lo[LW], rb_w_up, rb.w[LW:])))]
         for b in range(NB):
-            conv_en = Cat(*[kx_ok[j] & (kx_bank[j] == b) for j in range(C)]).any()
-            m.d.comb += [self.act_addr[b].eq(rb.addr[b]),
-                         self.act_en[b].eq(issue & Mux(fc, kx_i == b, conv_en))]
+            m.d.comb += [self.act_addr[b].eq(rb.addr[b]), self.act_en[b].eq(issue & kx_ben[b])]
         wbank = Signal(range(max(C, 2)))    # the weight bank read (fc: the column)
         m.d.comb += wbank.eq(Mux(fc, col, wi[:lgC] if lgC else 0))
         m.d.comb += self.wgt_bank.eq(wbank)
@@ -493,8 +522,8 @@ class CompactLoader(wiring.Component):
             with m.Else():                  # a block with no issued slot: one zero slot
                 m.d.sync += [f.eq(zero), full.eq(1)]
 
-        with m.If(~state_idle & ~self.start & ~prime & ~run & ~s1_valid & ~rb_valid & ~d_valid
-                  & ~full):
+        with m.If(~state_idle & ~self.start & ~prime & ~settle & ~run & ~s1_valid & ~rb_valid
+                  & ~d_valid & ~full):
             m.d.sync += [state_idle.eq(1), done.eq(1)]
         with m.If(self.start):
             m.d.sync += [blk_issued.eq(0), full.eq(0), d_valid.eq(0), rb_valid.eq(0),
