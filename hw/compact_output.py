@@ -6,11 +6,13 @@ time and without a DSP block (``Config.output = "compact"``).
 A block is handled in two phases, one after the other:
 
 * **requantize**: each of the block's values (conv: ``R × C``, only the rows with a channel;
-  fc: ``R`` column sums) in turn: its parameters are read, ``x = acc + bias`` is registered (fc:
-  the row's ``C`` accumulators added one a cycle), the product ``x·m`` is built two bits of
-  ``m`` a cycle (shift-and-add in logic), then shifted, rounded, rectified and saturated into
-  the result buffer ``res`` — 11 cycles a value (fc: ``10 + C``), the rounding and saturation of
-  one overlapping the next one's product. The accumulators are read in their order, each from
+  fc: ``R`` column sums) in turn: ``x = acc + bias`` is registered (fc: the row's ``C``
+  accumulators added one a cycle), the product ``x·m`` is built two bits of ``m`` a cycle
+  (shift-and-add in logic, each digit's multiple of ``x`` registered before it is added), then
+  shifted, rounded, rectified and saturated into the result buffer ``res``: 10 cycles a value
+  (fc: ``9 + C``), and 2 more for the block's first parameters. While a value's product is
+  built, the next value's parameters are read and the previous value is rounded and
+  saturated. The accumulators are read in their order, each from
   ``acc[0]`` while the PE array rotates the block one place a read (``i_step``,
   :class:`hw.pe_array.PEArray`'s ``o_step``): no multiplexer selects among them. The block is
   accepted (``i.ready``, a register) as its last value is read.
@@ -23,7 +25,7 @@ A block is handled in two phases, one after the other:
   ``hold``, in a pass of its own. The word addresses are kept incrementally from a base worked
   out while the block is requantized.
 
-So a block takes about ``11·values + R`` cycles (HWC: ``+ R·pixels``), where
+So a block takes about ``10·values + R`` cycles (HWC: ``+ R·pixels``), where
 :class:`~hw.output.OutputStage` takes ``u_n``; the PE array's credit rule makes the loader wait
 for it.
 """
@@ -56,10 +58,10 @@ class CompactOutput(wiring.Component):
     @classmethod
     def block_cycles(cls, config):
         """Cycles a block takes at most, from its first cycle on ``i`` to the cycle after its
-        last write: per value 3 (parameters, x) + the product's digits, the last value's three
-        post stages, then up to ``C`` passes of ``R`` turns (one for each HWC pixel) and the
-        cycle to take the next block."""
-        return (config.rows * config.cols * (3 + cls._digits(config)) + 3
+        last write: 2 for the first value's parameters, per value 1 (x) + the product's digits
+        + 1, the last value's three post stages, then up to ``C`` passes of ``R`` turns (one for
+        each HWC pixel) and the cycle to take the next block."""
+        return (2 + config.rows * config.cols * (2 + cls._digits(config)) + 3
                 + config.rows * config.cols + 2)
 
     @classmethod
@@ -127,14 +129,20 @@ class CompactOutput(wiring.Component):
         head = i.payload.acc[0]
 
         x = Signal(signed(cfg.acc_bits))
-        mult = Signal(len(par.mult))
+        mult = Signal(DIGITS * D)          # its digits still to take, the next one on top
         shift = Signal(5)
         prod = Signal(signed(cfg.acc_bits + len(par.mult) + 1))
-        # the product's digits, most significant first
+        # the product's digits, most significant first: mult shifts up a digit a cycle
         digit = Signal(D)
-        dn = Signal(range(DIGITS))
-        m.d.comb += digit.eq((mult >> lut_mul(dn, D))[:D])
-        dx = sum(Mux(digit[b], x << b, 0) for b in range(D))
+        dn = Signal(range(DIGITS + 1))
+        m.d.comb += digit.eq(mult[-D:])
+        # digit·x, registered: prod takes it a cycle later (so its adder has one operand
+        # besides itself), and the digits take DIGITS + 1 cycles.
+        dx = Signal(signed(cfg.acc_bits + D))
+        # The value whose product is being built: its row, column and whether it is the block's
+        # last (r and j move on to the next value's as its product begins, so that the next
+        # value's parameters are read meanwhile).
+        cur_r, cur_j, cur_last = Signal.like(r), Signal.like(j), Signal()
 
         # Post-processing of a finished product: shift, round, saturate (three stages).
         p_valid = Signal(3)
@@ -156,8 +164,8 @@ class CompactOutput(wiring.Component):
             m.d.sync += [busy.eq(1), phase.eq(0), r.eq(0), j.eq(0)]
         with m.If(busy):
             with m.Switch(phase):
-                with m.Case(0):             # row r's parameter address is registered,
-                    m.d.sync += phase.eq(1)
+                with m.Case(0):             # the block's first row's parameter address is
+                    m.d.sync += phase.eq(1)     # registered,
                 with m.Case(1):             # read,
                     m.d.sync += phase.eq(2)
                 with m.Case(2):             # and here: x = acc + bias (fc: + the row's C
@@ -167,20 +175,24 @@ class CompactOutput(wiring.Component):
                         m.d.sync += j.eq(j + 1)
                     with m.Else():
                         m.d.sync += [mult.eq(par.mult), shift.eq(par.shift), prod.eq(0),
-                                     dn.eq(DIGITS - 1), phase.eq(3)]
+                                     dx.eq(0), dn.eq(DIGITS), phase.eq(3),
+                                     cur_r.eq(r), cur_j.eq(Mux(fc, 0, j)),
+                                     cur_last.eq(last_value)]
                         with m.If(last_value):
                             m.d.comb += self.i_ready_next.eq(1)
-                with m.Default():           # prod = prod·2^D + digit·x
-                    m.d.sync += [prod.eq((prod << D) + dx), dn.eq(dn - 1)]
-                    with m.If(dn == 0):
-                        m.d.sync += [p_valid[0].eq(1), p_r[0].eq(r), p_j[0].eq(Mux(fc, 0, j)),
-                                     p_s.eq(shift), phase.eq(0)]
-                        with m.If(last_value):
-                            m.d.sync += busy.eq(0)
                         with m.Elif(last_j):
                             m.d.sync += [j.eq(0), r.eq(r + 1)]
                         with m.Else():
                             m.d.sync += j.eq(j + 1)
+                with m.Default():           # prod = prod·2^D + the last digit·x
+                    m.d.sync += [prod.eq((prod << D) + dx), dn.eq(dn - 1),
+                                 mult.eq(mult << D),
+                                 dx.eq(sum(Mux(digit[b], x << b, 0) for b in range(D)))]
+                    with m.If(dn == 0):
+                        m.d.sync += [p_valid[0].eq(1), p_r[0].eq(cur_r), p_j[0].eq(cur_j),
+                                     p_s.eq(shift), phase.eq(2)]
+                        with m.If(cur_last):
+                            m.d.sync += busy.eq(0)
         # prod is complete in the cycle after dn reached 0: stage 0 shifts it.
         # Rounding half up, (prod + 2^(s−1)) >> s, is (q + 1) >> 1 with q = floor(prod / 2^(s−1))
         # = (2·prod) >> s (s = 0 too): one shift, then an increment of q's 10 low bits (a q
