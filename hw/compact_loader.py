@@ -346,8 +346,14 @@ class CompactLoader(wiring.Component):
                                        for j in range(C)]).any() for b in range(NB)])
             fc_ben = Const(1 << kx, NB) if kx < NB else Const(0, NB)
             m.d.comb += s1_ben[kx].eq(Mux(fc, fc_ben, conv_ben))
-        low = Signal(W)                     # lowest set bit of rb_mask
-        m.d.comb += low.eq(rb_mask & -rb_mask)
+        # RB's next slot, the lowest set bit of rb_mask (one-hot), and its kx: registers, set as
+        # a row moves in and as a slot is issued, so that RB's reads start from registers.
+        low = Signal(W)
+        kx_i = Signal(range(W))
+
+        def lowest(mask):
+            one = Cat(*[mask[kx] & ~mask[:kx].any() for kx in range(W)])
+            return one, functools.reduce(operator.or_, [Mux(one[kx], kx, 0) for kx in range(W)])
         LW = len(Signal(range(W)))          # bits of a slot's kx
         rb_w_up = Signal(wt + 1 - LW)        # RB's rb.w[LW:] + 1
         one_left = Signal()
@@ -375,12 +381,15 @@ class CompactLoader(wiring.Component):
         # them.
         m.d.comb += s1_ready.eq(s1_valid & rb_free)
         with m.If(issue & slot_done):
-            m.d.sync += rb_mask.eq(rb_mask & ~low)
+            rest = rb_mask & ~low
+            rest_low, rest_kx = lowest(rest)
+            m.d.sync += [rb_mask.eq(rest), low.eq(rest_low), kx_i.eq(rest_kx)]
         with m.If(rb_free):
             m.d.sync += rb_valid.eq(0)
         with m.If(s1_ready):
+            first_low, first_kx = lowest(issue_mask)
             m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask), rb_ben.eq(s1_ben),
-                         rb_w_up.eq(s1.w[LW:] + 1)]
+                         rb_w_up.eq(s1.w[LW:] + 1), low.eq(first_low), kx_i.eq(first_kx)]
 
         # The words each slot of RB's row reads (conv: its columns inside the input are
         # contiguous, so its words run from the first one's to the last one's; fc: one).
@@ -413,14 +422,12 @@ class CompactLoader(wiring.Component):
             self.weight_bytes_read.eq(Mux(go1, issued * Mux(fc, R * C, R), 0)),
         ]
 
-        # RB's reads for the slot kx = the lowest bit of rb_mask.
+        # RB's reads for the slot kx_i.
         kx_ok = Signal(C)
         kx_off = [Signal(range(max(NB, 2)), name=f"kx_off_{j}") for j in range(C)]
         kx_lane = [Signal(range(max(C, 2)), name=f"kx_lane_{j}") for j in range(C)]
-        kx_i = Signal(range(W))
         for kx in range(W):
             with m.If(low[kx]):
-                m.d.comb += kx_i.eq(kx)
                 if kx < KM:
                     m.d.comb += kx_ok.eq(rb.geo.ok[kx])
                     m.d.comb += [kx_off[j].eq(rb.geo.off[kx][j]) for j in range(C)]
