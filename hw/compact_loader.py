@@ -6,7 +6,7 @@ read a cycle (``Config.loader = "compact"``).
 
 Where :class:`~hw.loader.Loader` scans a whole group (``Kmax`` kernel rows) per cycle through a
 deep pipeline and an 8-entry FIFO, so that it keeps 100 MHz on ECP5 and hides fully skipped groups
-behind the issue of earlier slots, this one scans one *row* per cycle (conv: one input channel's
+behind the issue of earlier slots, this one scans one *row* at a time (conv: one input channel's
 kernel row ``ky``, its ``k`` slots ``kx``; fc: one group of ``NB`` input words) and hands it to
 issue through one row register:
 
@@ -21,14 +21,18 @@ issue through one row register:
   one per bank on flag port 0 (ports ``k ≥ 1`` are not used), and its group's weight-skip word.
   The row's first word's address is a register, stepped from row to row (and the layer's steps
   registered from ``desc``, in the cycle after ``start``), so the flag block RAMs' read
-  addresses come from registers through one incrementer: no product of counters.
+  addresses come from registers through one incrementer: no product of counters. The next
+  block's first word is a register too, worked out in the row's first cycle (a row stays at
+  least two).
 * **S1** forms the row's slot mask (a slot is skipped when all the words it reads are flagged,
   or it reads none, or its weight-skip bit is set; with skipping off every slot is issued),
   counts the row's slots, and hands the row to RB whenever RB can take it, without waiting on
   the flags read in that cycle; a row with no slot to issue leaves RB in one cycle, with its
   block's end if it ends its block.
 * **RB** issues the row's slots, lowest ``kx`` first, one per cycle: it reads the slot's words
-  (each once) and its weight word (conv: one bank). An fc slot takes ``C`` cycles: it goes out
+  (each once) and its weight word (conv: one bank). The next slot (one-hot, and its ``kx``)
+  and each slot's banks are registers, set as the row moves in and as a slot is issued, so the
+  reads' addresses and enables start from registers. An fc slot takes ``C`` cycles: it goes out
   as ``C`` column slots, column ``j``'s activation (the others 0) with its weight word, bank
   ``j``, its act word read again for each; so every slot has one weight word, which the PE
   array's rows broadcast over their columns (:func:`hw.tags.slot_layout`), and at most one
@@ -45,7 +49,7 @@ issue through one row register:
   need no multiplexer for ``first`` (:class:`~hw.pe_array.PEArray`).
 
 Throughput: one issued conv slot per cycle (fc: one per ``C`` cycles) while rows keep coming,
-and a cycle between blocks, and a cycle a layer to take the layer's steps; but a row takes at
+and a cycle between blocks, and two cycles a layer to take the layer's steps; but a row takes at
 least two cycles (S0 moves a row on once S1 is empty), so a 1×1 conv issues a slot every
 other cycle, and a row with nothing to issue costs two. So a fully skipped 3×3 group costs 6
 cycles instead of 9.
