@@ -50,9 +50,9 @@ BLOCK_RAM = {"ram_style": "block"}
 class CompactOutput(wiring.Component):
     """One value at a time; the ports of :class:`hw.output.OutputStage`."""
 
-    #: Bits of the multiplier ``m`` taken per cycle: two adders of the multiplicand's width. On
-    #: up5k the core then takes 5,232 of the chip's 5,280 logic cells (23.86 MHz); one bit a
-    #: cycle took 72 fewer (8 cycles a value more, 25.97 MHz).
+    #: Bits of the multiplier ``m`` taken per cycle: one adder of the multiplicand's width to
+    #: form the digit's multiple. On up5k the core then takes 5,237 of the chip's 5,280 logic
+    #: cells (919dd1f); one bit a cycle took 72 fewer at e9e3095, for 8 cycles a value more.
     DIGIT = 2
 
     @classmethod
