@@ -104,9 +104,29 @@ async def load_program(bus, program):
     return image
 
 
+async def wait_for_run(bus, limit, pause=50):
+    """Poll the run's status, every ``pause`` cycles, until it is no longer busy; return it. A
+    run still busy after ``limit`` cycles fails."""
+    while True:
+        status = layout.unpack_status(await bus.read(Region.CTRL, 0))
+        if not status["busy"]:
+            return status
+        assert status["cycles"] <= limit, (f"still busy after {status['cycles']} cycles "
+                                           f"(bound {limit})")
+        for _ in range(pause):
+            await RisingEdge(bus.dut.clk)
+
+
+def run_limit(program, stats):
+    """Cycles a run may take: twice its layers' busy-cycle bounds (busy_bound, given the
+    schedule model's counts), and a generous allowance for the sequencer between them."""
+    return 2 * sum(busy_bound(program, i, s["issue_slots"] - s["issue_slots_skipped"])
+                   for i, s in enumerate(stats)) + 1000
+
+
 async def run_image(bus, program, xq, skip, limit):
     """One image through the core; returns (raw outputs, per-layer counters, run cycles).
-    A run still busy after ``limit`` cycles fails, naming the layers that have not finished."""
+    A run still busy after ``limit`` cycles fails."""
     cfg = program.config
     words, flags, _ = layout.pack_input(program, xq[None])
     first = program.layers[0]
@@ -116,14 +136,7 @@ async def run_image(bus, program, xq, skip, limit):
         await bus.write(Region.FLAG0, int(i), int(flags[0, i]))
     n = len(program.layers)
     await bus.write(Region.CTRL, 0, layout.run_word(n, skip, program.epsilon))
-    while True:
-        status = layout.unpack_status(await bus.read(Region.CTRL, 0))
-        if not status["busy"] or status["cycles"] > limit:
-            break
-        for _ in range(50):
-            await RisingEdge(bus.dut.clk)
-    if status["busy"]:
-        raise AssertionError(f"still busy after {status['cycles']} cycles (bound {limit})")
+    status = await wait_for_run(bus, limit)
     assert status["done"] and not status["error"], status
     last = program.layers[-1]
     oidx, lane = layout.element_index(tuple(last.out_shape), True, cfg)
@@ -214,9 +227,8 @@ async def check_program(bus, program, x, skip):
         expect = network_stats(program, [f[n:n + 1] for f in flags], skip=skip)
         bounds = [busy_bound(program, i, s["issue_slots"] - s["issue_slots_skipped"])
                   for i, s in enumerate(expect)]
-        # (the layers' busy cycles, and a generous allowance for the sequencer between them)
         got, counts, cycles = await run_image(bus, program, xq[n], skip,
-                                              limit=2 * sum(bounds) + 1000)
+                                              limit=run_limit(program, expect))
         all_counts.append(counts)
         assert np.array_equal(got, raw[n]), f"image {n}: {got} != {raw[n]}"
         for i, (hw, sw_) in enumerate(zip(counts, expect)):
@@ -324,7 +336,7 @@ async def test_memories_refused_while_running(dut):
     x = torch.rand(1, 3, 6, 6)
     program = compile_model(model, x, config=cfg)
     xq = quantize_input(program, x)
-    raw, _ = forward(program, xq)
+    raw, tile_flags = forward(program, xq)
     image = await load_program(bus, program)
     words, flags, _ = layout.pack_input(program, xq)
     first = program.layers[0]
@@ -343,8 +355,8 @@ async def test_memories_refused_while_running(dut):
         assert layout.unpack_status(await bus.read(Region.CTRL, 0))["busy"]
         _, err = await bus.access(write, region, index, value)
         assert err, (write, Region(region).name, index)
-    while layout.unpack_status(await bus.read(Region.CTRL, 0))["busy"]:
-        pass
+    await wait_for_run(bus, run_limit(program, network_stats(program, tile_flags, skip=False)),
+                       pause=0)
     assert await bus.read(Region.MASK, 0) == image.masks[0]
     oidx, lane = layout.element_index(tuple(program.layers[-1].out_shape), True, cfg)
     got = [_lanes(await bus.read(Region.ACT0 + n % 2, int(i)), cfg.cols)[int(j)]
