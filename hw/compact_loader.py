@@ -228,6 +228,10 @@ class CompactLoader(wiring.Component):
         m.d.sync += A_n.eq(yA_n + (x0_n >> lgC))
 
         # -- S1 ----------------------------------------------------------------------------------
+        def bank_of(rot, off):
+            """The bank of a row's word ``off`` (its word 0 in bank ``rot``)."""
+            return (rot + off)[:lgNB] if lgNB else 0
+
         s1_valid = Signal()
         S1 = data.StructLayout({
             "geo": S0G, "last": 1, "cog": ch, "y": wd, "xg": wd,
@@ -235,7 +239,7 @@ class CompactLoader(wiring.Component):
             "w": wt + 1, "mbit": range(KM * KM),
         })
         s1 = Signal(S1)
-        s1_ready = Signal()             # S1's row moves on (to RB, or dropped) in this cycle
+        s1_ready = Signal()             # S1's row moves on to RB in this cycle
         advance = Signal()              # S0's row moves to S1
         rb_free = Signal()              # RB can take S1's row in this cycle (below)
         # S1's row moves to RB whenever RB can take it, with or without a slot to issue (below);
@@ -345,7 +349,7 @@ class CompactLoader(wiring.Component):
         for kx in range(W):
             conv_ben = Const(0, NB)
             if kx < KM:
-                bank = [(s1.rot + s1.geo.off[kx][j])[:lgNB] if lgNB else 0 for j in range(C)]
+                bank = [bank_of(s1.rot, s1.geo.off[kx][j]) for j in range(C)]
                 conv_ben = Cat(*[Cat(*[s1.geo.ok[kx][j] & (bank[j] == b)
                                        for j in range(C)]).any() for b in range(NB)])
             fc_ben = Const(1 << kx, NB) if kx < NB else Const(0, NB)
@@ -439,7 +443,7 @@ class CompactLoader(wiring.Component):
         # The bank of each column's word, and the banks read.
         kx_bank = [Signal(range(max(NB, 2)), name=f"kx_bank_{j}") for j in range(C)]
         for j in range(C):
-            m.d.comb += kx_bank[j].eq((rb.rot + kx_off[j])[:lgNB] if lgNB else 0)
+            m.d.comb += kx_bank[j].eq(bank_of(rb.rot, kx_off[j]))
         kx_ben = Signal(NB)
         m.d.comb += kx_ben.eq(functools.reduce(operator.or_, [Mux(low[kx], rb_ben[kx], 0)
                                                               for kx in range(W)]))

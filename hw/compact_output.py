@@ -12,10 +12,10 @@ A block is handled in two phases, one after the other:
   shifted, rounded, rectified and saturated into the result buffer ``res``: 10 cycles a value
   (fc: ``9 + C``), and 2 more for the block's first parameters. While a value's product is
   built, the next value's parameters are read and the previous value is rounded and
-  saturated. The accumulators are read in their order, each from
-  ``acc[0]`` while the PE array rotates the block one place a read (``i_step``,
-  :class:`hw.pe_array.PEArray`'s ``o_step``): no multiplexer selects among them. The block is
-  accepted (``i.ready``, a register) as its last value is read.
+  saturated. The accumulators are read in their order, each from ``acc[0]`` while the PE array
+  rotates the block one place a read (``i_step``, :class:`hw.pe_array.PEArray`'s ``o_step``):
+  no multiplexer selects among them. The block is accepted (``i.ready``, a register) as its
+  last value is read.
 * **write**: the rows of ``res`` (and, pooled, of the first block's horizontal maxima ``pbuf``
   and of the left halves of pooled words ``hold``), kept in two small memories (block RAMs on
   the iCE40), are read one row a cycle, a turn, and the words are formed from the row read:

@@ -109,9 +109,9 @@ class PEArray(wiring.Component):
         m.d.sync += [c1.eq(c0), c2.eq(c1)]
         # Stages 1 and 2: the products (PE k is row k // C, column k % C).
         # (With the compact loader, one weight a row: tags.slot_layout.)
-        wgt_of = ((lambda k: s0_wgt[k // C]) if cfg.loader == "compact"
-                  else (lambda k: s0_wgt[k]))
-        operands = [(act[k // C].word_select(k % C, cfg.act_bits), wgt_of(k)) for k in range(N)]
+        share = C if cfg.loader == "compact" else 1     # PEs a weight feeds
+        operands = [(act[k // C].word_select(k % C, cfg.act_bits), s0_wgt[k // share])
+                    for k in range(N)]
         prod = [p[:2 * cfg.act_bits].as_signed()
                 for p in registered_products(m, operands, "mul", platform)]
 
