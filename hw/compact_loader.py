@@ -31,8 +31,9 @@ issue through one row register:
   block's end if it ends its block.
 * **RB** issues the row's slots, lowest ``kx`` first, one per cycle: it reads the slot's words
   (each once) and its weight word (conv: one bank). The next slot (one-hot, and its ``kx``)
-  and each slot's banks are registers, set as the row moves in and as a slot is issued, so the
-  reads' addresses and enables start from registers. An fc slot takes ``C`` cycles: it goes out
+  is a register, set as the row moves in and as a slot is issued, and each slot's banks come
+  with the row from S0 (S1 tests their flags with them), so the reads' addresses and enables
+  start from registers. An fc slot takes ``C`` cycles: it goes out
   as ``C`` column slots, column ``j``'s activation (the others 0) with its weight word, bank
   ``j``, its act word read again for each; so every slot has one weight word, which the PE
   array's rows broadcast over their columns (:func:`hw.tags.slot_layout`), and at most one
@@ -170,9 +171,15 @@ class CompactLoader(wiring.Component):
             "ok": data.ArrayLayout(C, W),       # [kx] bit j
             "off": data.ArrayLayout(data.ArrayLayout(range(max(NB, 2)), C), W),
             "lane": data.ArrayLayout(data.ArrayLayout(range(max(C, 2)), C), W),
+            "ben": data.ArrayLayout(NB, W),     # [kx] the banks it reads
             "exists": W,
         })
         geo = Signal(S0G)
+
+        def bank_of(rot, off):
+            """The bank of a row's word ``off`` (its word 0 in bank ``rot``)."""
+            return (rot + off)[:lgNB] if lgNB else 0
+
         for kx in range(W):
             if kx < KM:
                 for j in range(C):
@@ -183,6 +190,13 @@ class CompactLoader(wiring.Component):
                         geo.off[kx][j].eq((ix >> lgC) - wlo),
                         geo.lane[kx][j].eq(ix[:lgC] if lgC else 0),
                     ]
+            conv_ben = Const(0, NB)
+            if kx < KM:
+                bank = [bank_of(rot, geo.off[kx][j]) for j in range(C)]
+                conv_ben = Cat(*[Cat(*[geo.ok[kx][j] & (bank[j] == b) for j in range(C)]).any()
+                                 for b in range(NB)])
+            fc_ben = Const(1 << kx, NB) if kx < NB else Const(0, NB)     # (fc: rot = 0)
+            m.d.comb += geo.ben[kx].eq(Mux(fc, fc_ben, conv_ben))
             conv_exists = kx < k if kx < KM else Const(0)
             fc_exists = ((g << lgNB) + kx < L.in_words) if kx < NB else Const(0)
             m.d.comb += geo.exists[kx].eq(Mux(fc, fc_exists, conv_exists))
@@ -228,10 +242,6 @@ class CompactLoader(wiring.Component):
         m.d.sync += A_n.eq(yA_n + (x0_n >> lgC))
 
         # -- S1 ----------------------------------------------------------------------------------
-        def bank_of(rot, off):
-            """The bank of a row's word ``off`` (its word 0 in bank ``rot``)."""
-            return (rot + off)[:lgNB] if lgNB else 0
-
         s1_valid = Signal()
         S1 = data.StructLayout({
             "geo": S0G, "last": 1, "cog": ch, "y": wd, "xg": wd,
@@ -315,24 +325,12 @@ class CompactLoader(wiring.Component):
 
         # S1: the row's slot mask from the flags (rotated so that word i is bit i) and the
         # weight-skip word.
-        flags = Cat(*[self.flag_data[b][0] for b in range(NB)])
-        wflag = Signal(NB)
-        if lgNB:
-            m.d.comb += wflag.eq((Cat(flags, flags) >> s1.rot)[:NB])
-        else:
-            m.d.comb += wflag.eq(flags)
+        flags = Cat(*[self.flag_data[b][0] for b in range(NB)])     # by bank
         wm = Signal.like(self.mask_data)
         m.d.comb += wm.eq(self.mask_data >> Mux(fc, 0, s1.mbit))
         issue_mask = Signal(W)
         for kx in range(W):
-            if kx < KM:
-                ok = s1.geo.ok[kx]
-                conv_flagged = Cat(*[~ok[j] | wflag.bit_select(s1.geo.off[kx][j], 1)
-                                     for j in range(C)]).all()
-            else:
-                conv_flagged = Const(1)
-            fc_flagged = wflag[kx] if kx < NB else Const(1)
-            flagged = Mux(fc, fc_flagged, conv_flagged)
+            flagged = (s1.geo.ben[kx] & ~flags) == 0     # every bank it reads (or none)
             wskip = wm[kx] if kx < len(wm) else Const(0)
             m.d.comb += issue_mask[kx].eq(s1.geo.exists[kx]
                                           & ~(skip & (flagged | wskip)))
@@ -342,18 +340,6 @@ class CompactLoader(wiring.Component):
         rb = Signal(S1)
         rb_mask = Signal(W)                 # slots still to issue
         can_issue = Signal()                # D will have room for the slot (F takes its own: below)
-        # Per slot kx, the banks it reads: from S1's row as it moves in, so that the reads'
-        # enables wait on RB's mask only.
-        s1_ben = Signal(data.ArrayLayout(NB, W))
-        rb_ben = Signal.like(s1_ben)
-        for kx in range(W):
-            conv_ben = Const(0, NB)
-            if kx < KM:
-                bank = [bank_of(s1.rot, s1.geo.off[kx][j]) for j in range(C)]
-                conv_ben = Cat(*[Cat(*[s1.geo.ok[kx][j] & (bank[j] == b)
-                                       for j in range(C)]).any() for b in range(NB)])
-            fc_ben = Const(1 << kx, NB) if kx < NB else Const(0, NB)
-            m.d.comb += s1_ben[kx].eq(Mux(fc, fc_ben, conv_ben))
         # RB's next slot, the lowest set bit of rb_mask (one-hot), and its kx: registers, set as
         # a row moves in and as a slot is issued, so that RB's reads start from registers.
         low = Signal(W)
@@ -396,7 +382,7 @@ class CompactLoader(wiring.Component):
             m.d.sync += rb_valid.eq(0)
         with m.If(s1_ready):
             first_low, first_kx = lowest(issue_mask)
-            m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask), rb_ben.eq(s1_ben),
+            m.d.sync += [rb_valid.eq(1), rb.eq(s1), rb_mask.eq(issue_mask),
                          rb_w_up.eq(s1.w[LW:] + 1), low.eq(first_low), kx_i.eq(first_kx)]
 
         # The words each slot of RB's row reads (conv: its columns inside the input are
@@ -445,7 +431,7 @@ class CompactLoader(wiring.Component):
         for j in range(C):
             m.d.comb += kx_bank[j].eq(bank_of(rb.rot, kx_off[j]))
         kx_ben = Signal(NB)
-        m.d.comb += kx_ben.eq(functools.reduce(operator.or_, [Mux(low[kx], rb_ben[kx], 0)
+        m.d.comb += kx_ben.eq(functools.reduce(operator.or_, [Mux(low[kx], rb.geo.ben[kx], 0)
                                                               for kx in range(W)]))
         # conv: weight index; fc: in-bank weight address: rb.w + kx_i, its carry out of the low
         # bits selecting rb.w's high bits or their increment (rb_w_up, registered with RB).
