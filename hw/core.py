@@ -631,16 +631,10 @@ class Core(wiring.Component):
             part_next = Signal.like(part)   # the row read in this cycle
             # The sequencer reaches the weight memory while the loader is idle: a
             # descriptor's rows (part) as it loads one, a counter's lane as it stores one.
-            # Their rows are registers, stepped with layer and count_addr, so that no adder
-            # lies between the sequencer's state and the SPRAMs' address.
             drow = shared[Region.DESC] >> kw
-            crow = shared[Region.COUNT] >> kw
-            assert drow % (1 << len(part)) == 0, "descriptors start at a descriptor's row"
-            desc_row = Signal.like(wgt_r[0].addr)   # drow + layer's descriptor · its rows
-            count_row = Signal.like(wgt_r[0].addr)  # crow + count_addr >> kw
             seq_addr, seq_read = Signal.like(wgt_r[0].addr), Signal()
-            m.d.comb += seq_addr.eq(Mux(seq_read, Cat(part_next, desc_row[len(part):]),
-                                        count_row))
+            m.d.comb += seq_addr.eq(Mux(seq_read, drow + Cat(part_next, layer),
+                                        (shared[Region.COUNT] >> kw) + (count_addr >> kw)))
             m.d.sync += part.eq(part_next)
             with m.If(busy_at["wgt", 0]):
                 m.d.comb += [wgt_r[0].addr.eq(seq_addr), wgt_r[0].en.eq(seq_read),
@@ -675,8 +669,6 @@ class Core(wiring.Component):
                     m.d.sync += [n_layers.eq(run_word.layers), skip.eq(run_word.skip),
                                  epsilon.eq(run_word.epsilon), layer.eq(0),
                                  done.eq(0), error.eq(0), run_cycles.eq(0)]
-                    if shared:
-                        m.d.sync += desc_row.eq(drow)
                     m.d.comb += busy_set.eq(1)
                     m.next = "LOAD"
             with m.State("LOAD"):
@@ -708,8 +700,6 @@ class Core(wiring.Component):
                 with m.If(loaded):
                     m.d.sync += [in_buf.eq(layer[0]), busy_time.eq(0), last_write.eq(0),
                                  count_addr.eq(lut_mul(layer, len(COUNTERS)))]
-                    if shared:
-                        m.d.sync += count_row.eq(crow + (lut_mul(layer, len(COUNTERS)) >> kw))
                     m.d.comb += decode.eq(1)
                     m.next = "CHECK"
             with m.State("CHECK"):
@@ -731,12 +721,8 @@ class Core(wiring.Component):
                         value = last_write if name == "busy_cycles" else counters[name].value
                         m.d.comb += [count_data.eq(value), count_en.eq(1)]
                 m.d.sync += [store.eq(store + 1), count_addr.eq(count_addr + 1)]
-                if shared:
-                    m.d.sync += count_row.eq(crow + ((count_addr + 1) >> kw))
                 with m.If(store == len(COUNTERS) - 1):
                     m.d.sync += layer.eq(layer + 1)
-                    if shared:
-                        m.d.sync += desc_row.eq(desc_row + (1 << len(part)))
                     m.next = "LOAD"
         m.d.sync += drained.eq(fsm.ongoing("RUN") & loader.done & (blocks == 0) & out.idle
                                & ~pe.o.valid & ~pe.i.valid)
