@@ -51,8 +51,8 @@ class CompactOutput(wiring.Component):
     """One value at a time; the ports of :class:`hw.output.OutputStage`."""
 
     #: Bits of the multiplier ``m`` taken per cycle: one adder of the multiplicand's width to
-    #: form the digit's multiple. On up5k the core then takes 5,237 of the chip's 5,280 logic
-    #: cells (919dd1f); one bit a cycle took 72 fewer at e9e3095, for 8 cycles a value more.
+    #: form the digit's multiple. On up5k the core then takes 5,157 of the chip's 5,280 logic
+    #: cells (fc9b578); one bit a cycle took 72 fewer at e9e3095, for 8 cycles a value more.
     DIGIT = 2
 
     @classmethod

@@ -232,7 +232,7 @@ CONFIGS = {
     # RAMs, where 64 take 7); its largest accumulator bound, 2,142,988, takes 23 bits; it has
     # 5 layers of at most 64 channels (larger limits: 82 more logic cells, a block RAM). Its
     # largest count is 451,584 weight bytes (layer 1), its slowest layer 137,219 cycles: 24-bit
-    # counters (87 logic cells fewer than 32-bit ones, with which the core does not fit).
+    # counters (at fc9b578 161 logic cells fewer than 32-bit ones, with which it does not fit).
     "up5k": Config(rows=8, cols=2, tile=(1, 1, 2), act_words=2048, act_banks=4,
                    weight_words=8192, param_words=32, out_words=1, max_width=32, shadows=1,
                    max_channels=64, max_layers=8, mask_words=512,
