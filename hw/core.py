@@ -93,7 +93,7 @@ def weight_rows(config):
 
 def flag_ports(config):
     """Read ports of each flag bank the loader uses: one per kernel row (hw/loader.py), or one
-    (hw/compact_loader.py reads one kernel row per cycle)."""
+    (hw/compact_loader.py reads one kernel row at a time)."""
     return 1 if config.loader == "compact" else config.max_kernel
 
 

@@ -79,7 +79,7 @@ class Config:
     loader : str
         The loader's micro-architecture: ``"pipelined"`` (``hw/loader.py``: a whole group of
         slots scanned per cycle, fully skipped groups hidden behind issue; built for 100 MHz on
-        ECP5) or ``"compact"`` (``hw/compact_loader.py``: one kernel row per cycle, less logic,
+        ECP5) or ``"compact"`` (``hw/compact_loader.py``: one kernel row at a time, less logic,
         one flag read port per bank and one weight word per cycle, so that the weights can be
         one single-ported memory, for small FPGAs). Both issue the same slots and count the
         same; only the cycles differ.

@@ -1,6 +1,8 @@
 """The memory layout and the schedule model, against plain loop-by-loop enumerations written
 from docs/ARCHITECTURE.md."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -225,8 +227,8 @@ def test_layout_refuses_layers_beyond_the_accumulators():
 
 
 def test_layout_refuses_layers_beyond_the_counters():
-    """A layer that could count past Config.counter_bits is refused, naming it; the bound it is
-    held to is never below what it counts (skipping off: every slot)."""
+    """A layer that could count past Config.counter_bits is refused, naming it; a width it is
+    accepted at holds what it counts (skipping off: every slot)."""
     model = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)).eval()
     x = torch.rand(1, 4, 16, 16)
     program = compile_model(model, x, config=SMALL.replace(counter_bits=18))
@@ -234,13 +236,20 @@ def test_layout_refuses_layers_beyond_the_counters():
     stats = network_stats(program, flags, skip=False)[0]
     counts = [stats[k] for k in ("issue_slots", "act_bytes_read", "weight_bytes_read")]
     assert 2 ** 16 <= max(counts) < 2 ** 18     # 16-bit counters would not hold them
-    narrow = Program(SMALL.replace(counter_bits=16), program.layers, program.input_shape,
-                     program.input_scale, program.epsilon)
-    with pytest.raises(layout.LayoutError,
-                       match=rf"layer 0 \('0'\): its counters could reach \d+ "
-                             rf"\({stats['issue_slots']} slots\), beyond the accelerator's "
-                             rf"16-bit counters"):
-        layout.plan(narrow)
+    for bits in range(16, 33):
+        narrow = Program(SMALL.replace(counter_bits=bits), program.layers, program.input_shape,
+                         program.input_scale, program.epsilon)
+        try:
+            layout.plan(narrow)
+        except layout.LayoutError as e:
+            assert re.fullmatch(rf"layer 0 \('0'\): its counters could reach \d+ "
+                                rf"\({stats['issue_slots']} slots\), beyond the "
+                                rf"accelerator's {bits}-bit counters", str(e)), str(e)
+        else:
+            assert max(counts) < 2 ** bits, bits
+    with pytest.raises(layout.LayoutError, match="16-bit counters"):
+        layout.plan(Program(SMALL.replace(counter_bits=16), program.layers, program.input_shape,
+                            program.input_scale, program.epsilon))
 
 
 def test_binary_mode_is_refused_until_the_datapath_has_it():
